@@ -1,0 +1,81 @@
+/* delta.h — DeltaLLM temporal-sparsity attention (../shared/DELTALLM.md).
+ *
+ * A dl_delta_cache replaces a sequence's dense K/V cache when delta attention is enabled:
+ * per layer and KV head it keeps the fp32 reference state, the packed delta stream, the ring
+ * of the last `window` exact keys and dense V. dl_delta_attention() appends n new tokens'
+ * keys/values and computes the hybrid attention output for their queries.
+ */
+#ifndef DL_DELTA_H
+#define DL_DELTA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pool.h"
+
+enum dl_delta_stage { DL_STAGE_PREFILL = 1, DL_STAGE_DECODE = 2, DL_STAGE_BOTH = 3 };
+enum dl_prefill_mode { DL_PREFILL_SLIDING = 0, DL_PREFILL_BLOCK = 1 };
+
+/* The per-sequence knobs. */
+typedef struct dl_delta_params {
+    int enabled;           /* 0: dense attention */
+    float theta;           /* absolute threshold in key units; used when sparsity_target < 0 */
+    float sparsity_target; /* in [0, 1): choose theta per layer to hit this element
+                              sparsity; < 0 means "use theta" */
+    int32_t window;        /* w: exact keys of the last w positions (>= 1) */
+    int32_t sink;          /* first `sink` positions always exact (>= 0) */
+    int stages;            /* enum dl_delta_stage */
+    int prefill_mode;      /* enum dl_prefill_mode */
+    float block_frac;      /* block mode: block = round(n * block_frac) tokens, (0, 1] */
+} dl_delta_params;
+
+/* Defaults used by the CLI and daemon; see README for how they were chosen. */
+void dl_delta_params_default(dl_delta_params *p);
+/* 0 when valid; otherwise -EINVAL and a message naming the knob in err. */
+int dl_delta_params_check(const dl_delta_params *p, char *err, size_t errlen);
+
+/* Counters for one stage. All "macs" are q·k multiply-adds in the score product. */
+typedef struct dl_delta_stage_stats {
+    uint64_t delta_elems;   /* ΔK elements produced (positions x head_dim x kv heads x layers) */
+    uint64_t delta_zeros;   /* of which zero */
+    uint64_t score_entries; /* (query, key) score entries computed, per query head */
+    uint64_t exact_entries; /* of which computed exactly (window / sink) */
+    uint64_t qk_macs_dense; /* multiply-adds dense attention would do */
+    uint64_t qk_macs_done;  /* multiply-adds actually done */
+} dl_delta_stage_stats;
+
+typedef struct dl_delta_stats {
+    dl_delta_stage_stats stage[2]; /* [0] prefill, [1] decode */
+    uint64_t k_cache_bytes;        /* bytes the K side holds now (ref + stream + ring) */
+    uint64_t k_cache_dense_bytes;  /* what a dense fp16 K cache would hold */
+    uint64_t v_cache_bytes;        /* dense V bytes */
+} dl_delta_stats;
+
+/* Derived figures (spec section 5), in [0, 1]. */
+double dl_delta_element_sparsity(const dl_delta_stage_stats *s);
+double dl_delta_attention_sparsity(const dl_delta_stage_stats *s);
+double dl_delta_qk_skipped(const dl_delta_stage_stats *s);
+void dl_delta_stats_add(dl_delta_stage_stats *acc, const dl_delta_stage_stats *s);
+
+typedef struct dl_delta_cache dl_delta_cache;
+
+dl_delta_cache *dl_delta_cache_create(int n_layer, int n_head_kv, int head_dim, int n_ctx,
+                                      const dl_delta_params *p, char *err, size_t errlen);
+void dl_delta_cache_free(dl_delta_cache *c);
+int dl_delta_cache_len(const dl_delta_cache *c);
+/* Drop positions >= n (the reference state is rebuilt from the stored deltas). */
+int dl_delta_cache_truncate(dl_delta_cache *c, int n);
+const dl_delta_stats *dl_delta_cache_stats(const dl_delta_cache *c);
+size_t dl_delta_cache_bytes(const dl_delta_cache *c);
+
+/* Append n tokens at positions len..len+n-1 for one layer and compute attention.
+ *   q:   n x (n_head * head_dim) post-RoPE queries
+ *   k,v: n x (n_head_kv * head_dim) post-RoPE keys, values
+ *   out: n x (n_head * head_dim)
+ * is_prefill selects the stage for the knobs and statistics. The cache length advances
+ * once the last layer (n_layer - 1) has been appended. */
+void dl_delta_attention(dl_delta_cache *c, dl_pool *pool, int layer, int n_head,
+                        const float *q, const float *k, const float *v, int n,
+                        int is_prefill, float *out);
+
+#endif

@@ -1,0 +1,55 @@
+/* kernels.h — the numeric building blocks of the forward pass, with run-time dispatch.
+ *
+ * The forward pass calls these by name; behind each is a scalar path (always present and
+ * tested) and, where written, AVX2 / AVX-512 paths chosen once at start from CPUID. The
+ * environment variable DELTALLM_ISA=scalar|avx2|avx512 caps the choice (tests use it to run
+ * every path present on the machine).
+ */
+#ifndef DL_KERNELS_H
+#define DL_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pool.h"
+
+enum dl_isa { DL_ISA_SCALAR = 0, DL_ISA_AVX2 = 1, DL_ISA_AVX512 = 2 };
+
+/* The path in use (detected once, capped by DELTALLM_ISA), and a way to force one. */
+enum dl_isa dl_isa_active(void);
+enum dl_isa dl_isa_detect(void);          /* best the CPU supports */
+void dl_isa_force(enum dl_isa isa);        /* for tests: clamped to what the CPU has */
+const char *dl_isa_name(enum dl_isa isa);
+
+/* A weight matrix: rows x cols, each row cols elements of `type` (row_bytes each). */
+typedef struct dl_weight {
+    uint32_t type;
+    int64_t rows;
+    int64_t cols;
+    size_t row_bytes;
+    const void *data;
+} dl_weight;
+
+/* Scratch bytes dl_matmul needs for n_tok tokens of width cols (quantised activations). */
+size_t dl_matmul_scratch_size(int n_tok, int64_t cols);
+
+/* y[t][r] = sum_c W[r][c] * x[t][c] for t < n_tok, r < rows; x is n_tok x cols floats,
+ * y is n_tok x rows floats. Split across the pool by rows. scratch: see above. */
+void dl_matmul(dl_pool *pool, const dl_weight *w, const float *x, float *y, int n_tok,
+               void *scratch);
+
+/* out = x / rms(x) * w, n elements. */
+void dl_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
+/* In-place softmax of n values. */
+void dl_softmax(float *x, int n);
+/* out[i] = silu(gate[i]) * up[i] */
+void dl_swiglu(float *out, const float *gate, const float *up, int n);
+/* Rotate pairs (2i, 2i+1) of each head_dim-wide head by pos * freq_i, where
+ * freq_i = base^(-2i/head_dim) / factors[i] (factors may be NULL). n_heads heads. */
+void dl_rope(float *x, int n_heads, int head_dim, int pos, float base, const float *factors);
+
+float dl_dot_f32(const float *a, const float *b, int n);
+/* y += a * x */
+void dl_axpy_f32(float *y, float a, const float *x, int n);
+
+#endif
