@@ -1,0 +1,78 @@
+/* attention.c — dense causal attention over the fp16 K/V cache. See attention.h. */
+#include "attention.h"
+
+#include <math.h>
+
+#include "kernels.h"
+
+void dl_kv_store(const dl_attn_shape *s, dl_fp16 *kc, dl_fp16 *vc, int pos0, int n,
+                 const float *k, const float *v)
+{
+    int hd = s->head_dim, kvw = s->n_kv * hd;
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < s->n_kv; h++) {
+            size_t dst = ((size_t)h * s->n_ctx + (size_t)(pos0 + i)) * hd;
+            const float *ks = k + (size_t)i * kvw + (size_t)h * hd;
+            const float *vs = v + (size_t)i * kvw + (size_t)h * hd;
+            for (int e = 0; e < hd; e++) {
+                kc[dst + e] = dl_f32_to_fp16(ks[e]);
+                vc[dst + e] = dl_f32_to_fp16(vs[e]);
+            }
+        }
+}
+
+typedef struct attn_job {
+    const dl_attn_shape *s;
+    const dl_fp16 *kc, *vc;
+    int pos0, n;
+    const float *q;
+    float *out;
+    float *scratch;
+} attn_job;
+
+/* One (query, head) pair: scores, softmax, weighted sum of V. */
+static void attend_one(const attn_job *j, int i, int h, float *att)
+{
+    const dl_attn_shape *s = j->s;
+    int hd = s->head_dim, qw = s->n_head * hd, kvh = h / (s->n_head / s->n_kv);
+    int pos = j->pos0 + i;
+    const float *q = j->q + (size_t)i * qw + (size_t)h * hd;
+    const dl_fp16 *kh = j->kc + (size_t)kvh * s->n_ctx * hd;
+    const dl_fp16 *vh = j->vc + (size_t)kvh * s->n_ctx * hd;
+    float scale = 1.0f / sqrtf((float)hd);
+    for (int t = 0; t <= pos; t++) {
+        const dl_fp16 *kt = kh + (size_t)t * hd;
+        float sc = 0.0f;
+        for (int e = 0; e < hd; e++)
+            sc += q[e] * dl_fp16_to_f32(kt[e]);
+        att[t] = sc * scale;
+    }
+    dl_softmax(att, pos + 1);
+    float *o = j->out + (size_t)i * qw + (size_t)h * hd;
+    for (int e = 0; e < hd; e++)
+        o[e] = 0.0f;
+    for (int t = 0; t <= pos; t++) {
+        const dl_fp16 *vt = vh + (size_t)t * hd;
+        float a = att[t];
+        for (int e = 0; e < hd; e++)
+            o[e] += a * dl_fp16_to_f32(vt[e]);
+    }
+}
+
+static void attn_worker(void *arg, int ith, int nth)
+{
+    const attn_job *j = arg;
+    long lo, hi, total = (long)j->n * j->s->n_head;
+    dl_split(total, ith, nth, &lo, &hi);
+    float *att = j->scratch + (size_t)ith * j->s->n_ctx;
+    for (long w = lo; w < hi; w++)
+        attend_one(j, (int)(w / j->s->n_head), (int)(w % j->s->n_head), att);
+}
+
+void dl_attn_dense(dl_pool *pool, const dl_attn_shape *s, const dl_fp16 *kc,
+                   const dl_fp16 *vc, int pos0, int n, const float *q, float *out,
+                   float *scratch)
+{
+    attn_job j = {s, kc, vc, pos0, n, q, out, scratch};
+    dl_pool_run(pool, attn_worker, &j);
+}

@@ -1,0 +1,52 @@
+/* deltallm — command-line tool over the engine library.
+ *
+ *   deltallm generate -m MODEL [-p PROMPT] [-n N] [--temp T] [--seed S] ...
+ *   deltallm tokenize -m MODEL TEXT
+ *   deltallm inspect MODEL
+ *
+ * Exit codes: 0 success, 1 runtime failure (bad model file, ...), 2 usage error.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static void usage(FILE *f)
+{
+    fputs("usage: deltallm COMMAND [options]\n"
+          "\n"
+          "commands:\n"
+          "  generate  -m MODEL [-p PROMPT] [-n N] [sampling and delta options]\n"
+          "            generate text from a prompt (greedy with --temp 0)\n"
+          "  tokenize  -m MODEL [--no-bos] [--special] TEXT\n"
+          "            print the token ids and pieces of TEXT\n"
+          "  inspect   MODEL\n"
+          "            print metadata, tensors, types, parameter count and memory needs\n"
+          "\n"
+          "Run 'deltallm COMMAND --help' for the options of a command.\n",
+          f);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    static const struct { const char *name; int (*fn)(int, char **); } cmds[] = {
+        {"generate", dl_cmd_generate},
+        {"tokenize", dl_cmd_tokenize},
+        {"inspect", dl_cmd_inspect},
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(cmd, cmds[i].name))
+            return cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "deltallm: unknown command '%s'\n\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,682 @@
+/* model.c — llama-family models from GGUF: loading, sequences and the forward pass.
+ *
+ * The forward pass follows llama2.c's run.c step by step (embedding, then per layer:
+ * RMSNorm, Q/K/V projections, RoPE, attention over the cache, output projection and
+ * residual, RMSNorm, SwiGLU feed-forward and residual; final RMSNorm and the output head),
+ * but over a batch: the tokens of every item go through each matmul together, and only
+ * attention is done per sequence.
+ */
+#include "model.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention.h"
+#include "kernels.h"
+#include "quant.h"
+
+#define MAX_LAYERS 512
+#define MAX_WIDTH 65536
+#define OUT_CHUNK 16 /* rows of the output head computed per matmul call */
+
+typedef struct layer {
+    const float *attn_norm;  /* [n_embd] */
+    dl_weight wq;            /* [n_head*head_dim x n_embd] */
+    dl_weight wk;            /* [n_kv*head_dim x n_embd] */
+    dl_weight wv;            /* [n_kv*head_dim x n_embd] */
+    dl_weight wo;            /* [n_embd x n_head*head_dim] */
+    const float *ffn_norm;   /* [n_embd] */
+    dl_weight w_gate;        /* [n_ff x n_embd] */
+    dl_weight w_up;          /* [n_ff x n_embd] */
+    dl_weight w_down;        /* [n_embd x n_ff] */
+} layer;
+
+struct dl_model {
+    dl_gguf *gguf;
+    dl_hparams hp;
+    dl_tokenizer *tok;
+    dl_weight tok_embd;        /* [n_vocab x n_embd] */
+    layer *layers;             /* [n_layer] */
+    const float *output_norm;  /* [n_embd] */
+    dl_weight output;          /* [n_vocab x n_embd]; the embedding when tied */
+    const float *rope_freqs;   /* [head_dim/2] Llama-3 frequency factors, or NULL */
+    float **owned;             /* norm vectors converted to f32 at load */
+    int n_owned;
+    char *chat_template;
+    size_t weight_bytes;
+};
+
+struct dl_ctx {
+    const dl_model *m;
+    dl_pool *pool;
+    int max_tokens;
+    int max_ctx;
+    float *x;        /* [T][n_embd] residual stream */
+    float *xb;       /* [T][n_embd] normed input of a block */
+    float *xb2;      /* [T][n_embd] block output */
+    float *q;        /* [T][n_head*head_dim] */
+    float *k;        /* [T][n_kv*head_dim] */
+    float *v;        /* [T][n_kv*head_dim] */
+    float *att_out;  /* [T][n_head*head_dim] */
+    float *hb;       /* [T][n_ff] */
+    float *hb2;      /* [T][n_ff] */
+    float *xo;       /* [OUT_CHUNK][n_embd] rows that produce logits */
+    float *att;      /* [n_threads][max_ctx] attention scores */
+    void *mm_scratch;
+    size_t bytes;
+};
+
+struct dl_seq {
+    const dl_model *m;
+    int n_ctx;
+    int len;                 /* tokens in the cache */
+    dl_fp16 *k, *v;          /* dense cache [n_layer][n_kv][n_ctx][head_dim], or NULL */
+    dl_delta_cache *delta;   /* DeltaLLM cache when enabled */
+    dl_delta_params dp;
+};
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- loading ------------------------------------------------------------------------ */
+
+static int key_i32(const dl_gguf *g, const char *arch, const char *suffix, int32_t def,
+                   int32_t lo, int32_t hi, int32_t *out, char *err, size_t errlen)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    uint32_t v;
+    int rc = dl_gguf_get_u32(g, key, &v);
+    if (rc == -ENOENT && def >= 0) {
+        *out = def;
+        return 0;
+    }
+    if (rc) {
+        set_err(err, errlen, "model: key '%s' is %s", key,
+                rc == -ENOENT ? "missing" : "not a valid integer");
+        return -EINVAL;
+    }
+    if ((int64_t)v < lo || (int64_t)v > hi) {
+        set_err(err, errlen, "model: key '%s' = %u is out of range [%d, %d]", key, v, lo, hi);
+        return -EINVAL;
+    }
+    *out = (int32_t)v;
+    return 0;
+}
+
+static int key_f32(const dl_gguf *g, const char *arch, const char *suffix, float def,
+                   float *out, char *err, size_t errlen)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", arch, suffix);
+    int rc = dl_gguf_get_f32(g, key, out);
+    if (rc == -ENOENT) {
+        *out = def;
+        return 0;
+    }
+    if (rc || !isfinite(*out) || *out <= 0) {
+        set_err(err, errlen, "model: key '%s' must be a positive number", key);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int read_hparams(dl_model *m, char *err, size_t errlen)
+{
+    const dl_gguf *g = m->gguf;
+    dl_hparams *hp = &m->hp;
+    dl_str s;
+    if (dl_gguf_get_str(g, "general.architecture", &s) || s.len == 0 || s.len >= sizeof hp->arch) {
+        set_err(err, errlen, "model: key 'general.architecture' is missing or invalid");
+        return -EINVAL;
+    }
+    memcpy(hp->arch, s.ptr, s.len);
+    hp->arch[s.len] = 0;
+    if (strcmp(hp->arch, "llama") != 0) {
+        set_err(err, errlen, "model: architecture '%s' is not supported (llama is)", hp->arch);
+        return -ENOTSUP;
+    }
+    if (dl_gguf_get_str(g, "general.name", &s) == 0) {
+        size_t n = s.len < sizeof hp->name - 1 ? (size_t)s.len : sizeof hp->name - 1;
+        memcpy(hp->name, s.ptr, n);
+        hp->name[n] = 0;
+    }
+    const char *a = hp->arch;
+    int rc;
+    if ((rc = key_i32(g, a, "block_count", -1, 1, MAX_LAYERS, &hp->n_layer, err, errlen)) ||
+        (rc = key_i32(g, a, "embedding_length", -1, 1, MAX_WIDTH, &hp->n_embd, err, errlen)) ||
+        (rc = key_i32(g, a, "attention.head_count", -1, 1, 1024, &hp->n_head, err, errlen)) ||
+        (rc = key_i32(g, a, "feed_forward_length", -1, 1, 1 << 20, &hp->n_ff, err, errlen)) ||
+        (rc = key_i32(g, a, "context_length", 2048, 1, 1 << 24, &hp->n_ctx_train, err, errlen)))
+        return rc;
+    if ((rc = key_i32(g, a, "attention.head_count_kv", hp->n_head, 1, hp->n_head,
+                      &hp->n_head_kv, err, errlen)))
+        return rc;
+    if (hp->n_head % hp->n_head_kv != 0) {
+        set_err(err, errlen, "model: head_count %d is not a multiple of head_count_kv %d",
+                hp->n_head, hp->n_head_kv);
+        return -EINVAL;
+    }
+    if ((rc = key_i32(g, a, "attention.key_length", hp->n_embd / hp->n_head, 2, 1024,
+                      &hp->head_dim, err, errlen)))
+        return rc;
+    if (hp->head_dim % 2 != 0) {
+        set_err(err, errlen, "model: head dimension %d must be even (RoPE pairs)", hp->head_dim);
+        return -EINVAL;
+    }
+    if ((rc = key_f32(g, a, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->rms_eps, err,
+                      errlen)) ||
+        (rc = key_f32(g, a, "rope.freq_base", 10000.0f, &hp->rope_base, err, errlen)))
+        return rc;
+    return 0;
+}
+
+/* Bind a 2-D weight and check its shape and type. */
+static int bind_weight(dl_model *m, const char *name, int64_t cols, int64_t rows, int optional,
+                       dl_weight *w, char *err, size_t errlen)
+{
+    const dl_gguf_tensor *t = dl_gguf_find_tensor(m->gguf, name);
+    memset(w, 0, sizeof *w);
+    if (!t) {
+        if (optional)
+            return 0;
+        set_err(err, errlen, "model: tensor '%s' is missing", name);
+        return -EINVAL;
+    }
+    if (t->ne[0] != cols || (rows >= 0 && t->ne[1] != rows) || t->ne[2] != 1 || t->ne[3] != 1) {
+        set_err(err, errlen, "model: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected "
+                "[%lld, %lld]", name, (long long)t->ne[0], (long long)t->ne[1],
+                (long long)t->ne[2], (long long)t->ne[3], (long long)cols, (long long)rows);
+        return -EINVAL;
+    }
+    const dl_type_traits *tt = dl_type_info(t->type);
+    if (!tt || !tt->can_matmul) {
+        set_err(err, errlen, "model: tensor '%s' has type %s, which cannot be used as a weight",
+                name, tt ? tt->name : "?");
+        return -ENOTSUP;
+    }
+    w->type = t->type;
+    w->rows = t->ne[1];
+    w->cols = t->ne[0];
+    w->row_bytes = dl_row_size(t->type, t->ne[0]);
+    w->data = t->data;
+    m->weight_bytes += t->nbytes;
+    return 0;
+}
+
+/* Bind a vector (norm weights, rope factors) as f32, converting when stored otherwise. */
+static int bind_vector(dl_model *m, const char *name, int64_t n, int optional,
+                       const float **out, char *err, size_t errlen)
+{
+    const dl_gguf_tensor *t = dl_gguf_find_tensor(m->gguf, name);
+    *out = NULL;
+    if (!t) {
+        if (optional)
+            return 0;
+        set_err(err, errlen, "model: tensor '%s' is missing", name);
+        return -EINVAL;
+    }
+    if (t->ne[0] != n || t->ne[1] != 1 || t->ne[2] != 1 || t->ne[3] != 1) {
+        set_err(err, errlen, "model: tensor '%s' has %lld elements, expected %lld", name,
+                (long long)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]), (long long)n);
+        return -EINVAL;
+    }
+    m->weight_bytes += t->nbytes;
+    if (t->type == DL_TYPE_F32) {
+        *out = t->data;
+        return 0;
+    }
+    const dl_type_traits *tt = dl_type_info(t->type);
+    if (!tt || !tt->can_matmul) {
+        set_err(err, errlen, "model: tensor '%s' has unsupported type %s", name,
+                tt ? tt->name : "?");
+        return -ENOTSUP;
+    }
+    float *f = malloc((size_t)n * sizeof *f);
+    float **grown = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *grown);
+    if (!f || !grown) {
+        free(f);
+        if (grown)
+            m->owned = grown;
+        set_err(err, errlen, "model: out of memory");
+        return -ENOMEM;
+    }
+    m->owned = grown;
+    m->owned[m->n_owned++] = f;
+    dl_dequantize_row(t->type, t->data, f, n);
+    *out = f;
+    return 0;
+}
+
+static int bind_layer(dl_model *m, int il, char *err, size_t errlen)
+{
+    const dl_hparams *hp = &m->hp;
+    layer *L = &m->layers[il];
+    int64_t e = hp->n_embd, qd = (int64_t)hp->n_head * hp->head_dim;
+    int64_t kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    char n[96];
+    int rc;
+#define NAME(s) (snprintf(n, sizeof n, "blk.%d." s, il), n)
+    if ((rc = bind_vector(m, NAME("attn_norm.weight"), e, 0, &L->attn_norm, err, errlen)) ||
+        (rc = bind_weight(m, NAME("attn_q.weight"), e, qd, 0, &L->wq, err, errlen)) ||
+        (rc = bind_weight(m, NAME("attn_k.weight"), e, kvd, 0, &L->wk, err, errlen)) ||
+        (rc = bind_weight(m, NAME("attn_v.weight"), e, kvd, 0, &L->wv, err, errlen)) ||
+        (rc = bind_weight(m, NAME("attn_output.weight"), qd, e, 0, &L->wo, err, errlen)) ||
+        (rc = bind_vector(m, NAME("ffn_norm.weight"), e, 0, &L->ffn_norm, err, errlen)) ||
+        (rc = bind_weight(m, NAME("ffn_gate.weight"), e, hp->n_ff, 0, &L->w_gate, err, errlen)) ||
+        (rc = bind_weight(m, NAME("ffn_up.weight"), e, hp->n_ff, 0, &L->w_up, err, errlen)) ||
+        (rc = bind_weight(m, NAME("ffn_down.weight"), hp->n_ff, e, 0, &L->w_down, err, errlen)))
+        return rc;
+#undef NAME
+    return 0;
+}
+
+static int bind_weights(dl_model *m, char *err, size_t errlen)
+{
+    dl_hparams *hp = &m->hp;
+    int rc = bind_weight(m, "token_embd.weight", hp->n_embd, -1, 0, &m->tok_embd, err, errlen);
+    if (rc)
+        return rc;
+    hp->n_vocab = (int32_t)m->tok_embd.rows;
+    if (hp->n_vocab != dl_tokenizer_n_vocab(m->tok)) {
+        set_err(err, errlen, "model: token_embd.weight has %d rows but the vocabulary has %d "
+                "tokens", hp->n_vocab, dl_tokenizer_n_vocab(m->tok));
+        return -EINVAL;
+    }
+    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (!m->layers) {
+        set_err(err, errlen, "model: out of memory");
+        return -ENOMEM;
+    }
+    for (int il = 0; il < hp->n_layer; il++)
+        if ((rc = bind_layer(m, il, err, errlen)))
+            return rc;
+    if ((rc = bind_vector(m, "output_norm.weight", hp->n_embd, 0, &m->output_norm, err, errlen)) ||
+        (rc = bind_weight(m, "output.weight", hp->n_embd, hp->n_vocab, 1, &m->output, err,
+                          errlen)) ||
+        (rc = bind_vector(m, "rope_freqs.weight", hp->head_dim / 2, 1, &m->rope_freqs, err,
+                          errlen)))
+        return rc;
+    hp->tied_output = m->output.data == NULL;
+    if (hp->tied_output)
+        m->output = m->tok_embd;
+    hp->weight_type = m->layers[0].w_gate.type;
+    hp->n_params = 0;
+    for (int64_t i = 0; i < dl_gguf_n_tensors(m->gguf); i++) {
+        const dl_gguf_tensor *t = dl_gguf_tensor_at(m->gguf, i);
+        hp->n_params += t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
+    }
+    return 0;
+}
+
+int dl_model_load(const char *path, dl_model **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    dl_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        set_err(err, errlen, "model: out of memory");
+        return -ENOMEM;
+    }
+    int rc = dl_gguf_open(path, &m->gguf, err, errlen);
+    if (rc)
+        goto fail;
+    if ((rc = read_hparams(m, err, errlen)))
+        goto fail;
+    if ((rc = dl_tokenizer_from_gguf(m->gguf, &m->tok, err, errlen)))
+        goto fail;
+    if ((rc = bind_weights(m, err, errlen)))
+        goto fail;
+    dl_str tmpl;
+    if (dl_gguf_get_str(m->gguf, "tokenizer.chat_template", &tmpl) == 0) {
+        m->chat_template = malloc(tmpl.len + 1);
+        if (!m->chat_template) {
+            rc = -ENOMEM;
+            set_err(err, errlen, "model: out of memory");
+            goto fail;
+        }
+        memcpy(m->chat_template, tmpl.ptr, tmpl.len);
+        m->chat_template[tmpl.len] = 0;
+    }
+    *out = m;
+    return 0;
+fail:
+    dl_model_free(m);
+    return rc;
+}
+
+void dl_model_free(dl_model *m)
+{
+    if (!m)
+        return;
+    for (int i = 0; i < m->n_owned; i++)
+        free(m->owned[i]);
+    free(m->owned);
+    free(m->layers);
+    free(m->chat_template);
+    dl_tokenizer_free(m->tok);
+    dl_gguf_close(m->gguf);
+    free(m);
+}
+
+const dl_hparams *dl_model_hparams(const dl_model *m) { return &m->hp; }
+const dl_tokenizer *dl_model_tokenizer(const dl_model *m) { return m->tok; }
+const dl_gguf *dl_model_gguf(const dl_model *m) { return m->gguf; }
+size_t dl_model_weight_bytes(const dl_model *m) { return m->weight_bytes; }
+const char *dl_model_chat_template(const dl_model *m) { return m->chat_template; }
+
+size_t dl_model_kv_bytes_per_token(const dl_model *m)
+{
+    const dl_hparams *hp = &m->hp;
+    return (size_t)2 * hp->n_layer * hp->n_head_kv * hp->head_dim * sizeof(dl_fp16);
+}
+
+/* ---- contexts ----------------------------------------------------------------------- */
+
+dl_ctx *dl_ctx_create(const dl_model *m, int max_tokens, int max_ctx, int n_threads,
+                      char *err, size_t errlen)
+{
+    const dl_hparams *hp = &m->hp;
+    if (max_tokens < 1 || max_ctx < 1 || n_threads < 1 || n_threads > 1024) {
+        set_err(err, errlen, "ctx: max_tokens, max_ctx and threads must be >= 1");
+        return NULL;
+    }
+    dl_ctx *c = calloc(1, sizeof *c);
+    if (!c) {
+        set_err(err, errlen, "ctx: out of memory");
+        return NULL;
+    }
+    c->m = m;
+    c->max_tokens = max_tokens;
+    c->max_ctx = max_ctx;
+    size_t T = (size_t)max_tokens, qd = (size_t)hp->n_head * hp->head_dim;
+    size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    int64_t widest = hp->n_ff > hp->n_embd ? hp->n_ff : hp->n_embd;
+    if ((int64_t)qd > widest)
+        widest = (int64_t)qd;
+    struct { float **p; size_t n; } bufs[] = {
+        {&c->x, T * hp->n_embd}, {&c->xb, T * hp->n_embd}, {&c->xb2, T * hp->n_embd},
+        {&c->q, T * qd}, {&c->k, T * kvd}, {&c->v, T * kvd}, {&c->att_out, T * qd},
+        {&c->hb, T * hp->n_ff}, {&c->hb2, T * hp->n_ff}, {&c->xo, (size_t)OUT_CHUNK * hp->n_embd},
+        {&c->att, (size_t)n_threads * max_ctx},
+    };
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        *bufs[i].p = malloc(bufs[i].n * sizeof(float));
+        c->bytes += bufs[i].n * sizeof(float);
+        if (!*bufs[i].p)
+            goto oom;
+    }
+    size_t mms = dl_matmul_scratch_size(max_tokens, widest);
+    c->mm_scratch = malloc(mms ? mms : 1);
+    c->bytes += mms;
+    if (!c->mm_scratch)
+        goto oom;
+    c->pool = dl_pool_create(n_threads);
+    if (!c->pool)
+        goto oom;
+    return c;
+oom:
+    set_err(err, errlen, "ctx: out of memory (%d tokens x %d context)", max_tokens, max_ctx);
+    dl_ctx_free(c);
+    return NULL;
+}
+
+void dl_ctx_free(dl_ctx *c)
+{
+    if (!c)
+        return;
+    float *bufs[] = {c->x, c->xb, c->xb2, c->q, c->k, c->v, c->att_out, c->hb, c->hb2, c->xo,
+                     c->att};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(bufs[i]);
+    free(c->mm_scratch);
+    dl_pool_free(c->pool);
+    free(c);
+}
+
+size_t dl_ctx_bytes(const dl_ctx *c) { return c->bytes; }
+int dl_ctx_max_tokens(const dl_ctx *c) { return c->max_tokens; }
+
+/* ---- sequences ---------------------------------------------------------------------- */
+
+dl_seq *dl_seq_create(const dl_model *m, int n_ctx, const dl_delta_params *delta, char *err,
+                      size_t errlen)
+{
+    const dl_hparams *hp = &m->hp;
+    if (n_ctx < 1 || n_ctx > (1 << 24)) {
+        set_err(err, errlen, "sequence: context size %d out of range", n_ctx);
+        return NULL;
+    }
+    if (delta && delta->enabled && dl_delta_params_check(delta, err, errlen) != 0)
+        return NULL;
+    dl_seq *s = calloc(1, sizeof *s);
+    if (!s) {
+        set_err(err, errlen, "sequence: out of memory");
+        return NULL;
+    }
+    s->m = m;
+    s->n_ctx = n_ctx;
+    if (delta && delta->enabled) {
+        s->dp = *delta;
+        s->delta = dl_delta_cache_create(hp->n_layer, hp->n_head_kv, hp->head_dim, n_ctx, delta,
+                                         err, errlen);
+        if (!s->delta) {
+            free(s);
+            return NULL;
+        }
+        return s;
+    }
+    /* calloc of this size is served by fresh zero pages: memory becomes resident only as
+     * positions are written, which is what dl_seq_bytes reports. */
+    size_t n = (size_t)hp->n_layer * hp->n_head_kv * (size_t)n_ctx * hp->head_dim;
+    s->k = calloc(n, sizeof(dl_fp16));
+    s->v = calloc(n, sizeof(dl_fp16));
+    if (!s->k || !s->v) {
+        set_err(err, errlen, "sequence: out of memory for a %d-token cache", n_ctx);
+        dl_seq_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void dl_seq_free(dl_seq *s)
+{
+    if (!s)
+        return;
+    free(s->k);
+    free(s->v);
+    dl_delta_cache_free(s->delta);
+    free(s);
+}
+
+int dl_seq_len(const dl_seq *s) { return s->len; }
+int dl_seq_n_ctx(const dl_seq *s) { return s->n_ctx; }
+
+int dl_seq_truncate(dl_seq *s, int n)
+{
+    if (n < 0 || n > s->len)
+        return -EINVAL;
+    if (s->delta) {
+        int rc = dl_delta_cache_truncate(s->delta, n);
+        if (rc)
+            return rc;
+    }
+    s->len = n;
+    return 0;
+}
+
+size_t dl_seq_bytes(const dl_seq *s)
+{
+    if (s->delta)
+        return dl_delta_cache_bytes(s->delta);
+    return (size_t)s->len * dl_model_kv_bytes_per_token(s->m);
+}
+
+const dl_delta_stats *dl_seq_delta_stats(const dl_seq *s)
+{
+    return s->delta ? dl_delta_cache_stats(s->delta) : NULL;
+}
+
+const dl_delta_params *dl_seq_delta_params(const dl_seq *s)
+{
+    return s->delta ? &s->dp : NULL;
+}
+
+/* ---- forward pass ------------------------------------------------------------------- */
+
+static int check_batch(const dl_ctx *c, const dl_batch_item *items, int n_items, int *total,
+                       char *err, size_t errlen)
+{
+    *total = 0;
+    for (int i = 0; i < n_items; i++) {
+        const dl_batch_item *it = &items[i];
+        if (!it->seq || !it->tokens || it->n_tokens < 1) {
+            set_err(err, errlen, "forward: item %d has no sequence or no tokens", i);
+            return -EINVAL;
+        }
+        if (it->seq->m != c->m || it->seq->len + it->n_tokens > it->seq->n_ctx) {
+            set_err(err, errlen, "forward: item %d: %d + %d tokens exceed the context of %d", i,
+                    it->seq->len, it->n_tokens, it->seq->n_ctx);
+            return -ERANGE;
+        }
+        if (it->seq->len + it->n_tokens > c->max_ctx) {
+            set_err(err, errlen, "forward: item %d exceeds the context size this ctx was "
+                    "created for (%d)", i, c->max_ctx);
+            return -ERANGE;
+        }
+        for (int j = 0; j < i; j++)
+            if (items[j].seq == it->seq) {
+                set_err(err, errlen, "forward: items %d and %d are the same sequence", j, i);
+                return -EINVAL;
+            }
+        for (int t = 0; t < it->n_tokens; t++)
+            if (it->tokens[t] < 0 || it->tokens[t] >= c->m->hp.n_vocab) {
+                set_err(err, errlen, "forward: token id %d out of range [0, %d)", it->tokens[t],
+                        c->m->hp.n_vocab);
+                return -EINVAL;
+            }
+        *total += it->n_tokens;
+    }
+    if (*total > c->max_tokens) {
+        set_err(err, errlen, "forward: %d tokens exceed the batch size %d", *total,
+                c->max_tokens);
+        return -ERANGE;
+    }
+    return 0;
+}
+
+/* Attention for one item and layer: dense over the fp16 cache, or DeltaLLM's hybrid. */
+static void attention(dl_ctx *c, dl_seq *s, int il, int row0, int n)
+{
+    const dl_hparams *hp = &c->m->hp;
+    size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    const float *q = c->q + row0 * qd, *k = c->k + row0 * kvd, *v = c->v + row0 * kvd;
+    float *out = c->att_out + row0 * qd;
+    if (s->delta) {
+        dl_delta_attention(s->delta, c->pool, il, hp->n_head, q, k, v, n, n > 1, out);
+        return;
+    }
+    dl_attn_shape sh = {hp->n_head, hp->n_head_kv, hp->head_dim, s->n_ctx};
+    size_t layer_off = (size_t)il * hp->n_head_kv * s->n_ctx * hp->head_dim;
+    dl_kv_store(&sh, s->k + layer_off, s->v + layer_off, s->len, n, k, v);
+    dl_attn_dense(c->pool, &sh, s->k + layer_off, s->v + layer_off, s->len, n, q, out, c->att);
+}
+
+static void add_rows(float *x, const float *y, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] += y[i];
+}
+
+static void layer_forward(dl_ctx *c, const layer *L, int il, dl_batch_item *items,
+                          int n_items, int T)
+{
+    const dl_hparams *hp = &c->m->hp;
+    int E = hp->n_embd;
+    size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+
+    /* attention block: x += Wo · attn(RoPE(Wq·n(x)), RoPE(Wk·n(x)), Wv·n(x)) */
+    for (int t = 0; t < T; t++)
+        dl_rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
+    dl_matmul(c->pool, &L->wq, c->xb, c->q, T, c->mm_scratch);
+    dl_matmul(c->pool, &L->wk, c->xb, c->k, T, c->mm_scratch);
+    dl_matmul(c->pool, &L->wv, c->xb, c->v, T, c->mm_scratch);
+    int row = 0;
+    for (int i = 0; i < n_items; i++) {
+        dl_seq *s = items[i].seq;
+        for (int t = 0; t < items[i].n_tokens; t++) {
+            int pos = s->len + t;
+            dl_rope(c->q + (size_t)(row + t) * qd, hp->n_head, hp->head_dim, pos, hp->rope_base,
+                    c->m->rope_freqs);
+            dl_rope(c->k + (size_t)(row + t) * kvd, hp->n_head_kv, hp->head_dim, pos,
+                    hp->rope_base, c->m->rope_freqs);
+        }
+        attention(c, s, il, row, items[i].n_tokens);
+        row += items[i].n_tokens;
+    }
+    dl_matmul(c->pool, &L->wo, c->att_out, c->xb2, T, c->mm_scratch);
+    add_rows(c->x, c->xb2, (size_t)T * E);
+
+    /* feed-forward block: x += Wdown · (silu(Wgate·n(x)) * Wup·n(x)) */
+    for (int t = 0; t < T; t++)
+        dl_rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
+    dl_matmul(c->pool, &L->w_gate, c->xb, c->hb, T, c->mm_scratch);
+    dl_matmul(c->pool, &L->w_up, c->xb, c->hb2, T, c->mm_scratch);
+    dl_swiglu(c->hb, c->hb, c->hb2, T * hp->n_ff);
+    dl_matmul(c->pool, &L->w_down, c->hb, c->xb2, T, c->mm_scratch);
+    add_rows(c->x, c->xb2, (size_t)T * E);
+}
+
+/* Final norm and output head for the rows of one item that want logits. */
+static void output_logits(dl_ctx *c, const dl_batch_item *it, int row0)
+{
+    const dl_hparams *hp = &c->m->hp;
+    int E = hp->n_embd;
+    int first = it->all_logits ? 0 : it->n_tokens - 1;
+    for (int r = first; r < it->n_tokens; r += OUT_CHUNK) {
+        int n = it->n_tokens - r < OUT_CHUNK ? it->n_tokens - r : OUT_CHUNK;
+        for (int j = 0; j < n; j++)
+            dl_rmsnorm(c->xo + (size_t)j * E, c->x + (size_t)(row0 + r + j) * E, c->m->output_norm,
+                       E, hp->rms_eps);
+        float *dst = it->logits + (size_t)(r - first) * hp->n_vocab;
+        dl_matmul(c->pool, &c->m->output, c->xo, dst, n, c->mm_scratch);
+    }
+}
+
+int dl_forward(dl_ctx *c, dl_batch_item *items, int n_items, char *err, size_t errlen)
+{
+    const dl_model *m = c->m;
+    const dl_hparams *hp = &m->hp;
+    int T, rc = check_batch(c, items, n_items, &T, err, errlen);
+    if (rc)
+        return rc;
+    if (T == 0)
+        return 0;
+    int row = 0;
+    for (int i = 0; i < n_items; i++)
+        for (int t = 0; t < items[i].n_tokens; t++, row++)
+            dl_dequantize_row(m->tok_embd.type,
+                              (const char *)m->tok_embd.data +
+                                  (size_t)items[i].tokens[t] * m->tok_embd.row_bytes,
+                              c->x + (size_t)row * hp->n_embd, hp->n_embd);
+    for (int il = 0; il < hp->n_layer; il++)
+        layer_forward(c, &m->layers[il], il, items, n_items, T);
+    row = 0;
+    for (int i = 0; i < n_items; i++) {
+        if (items[i].logits)
+            output_logits(c, &items[i], row);
+        row += items[i].n_tokens;
+        items[i].seq->len += items[i].n_tokens;
+    }
+    return 0;
+}
