@@ -1,0 +1,138 @@
+/* test_cli.c — the deltallm command-line tool, run as a user runs it. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "testutil.h"
+
+/* Run a shell command; returns its stdout (malloc'd) and exit status. */
+static char *run(const char *cmd, int *status)
+{
+    FILE *p = popen(cmd, "r");
+    ck_assert_ptr_nonnull(p);
+    size_t cap = 1 << 16, len = 0;
+    char *out = malloc(cap);
+    size_t n;
+    while ((n = fread(out + len, 1, cap - len - 1, p)) > 0) {
+        len += n;
+        if (len + 1 == cap)
+            out = realloc(out, cap *= 2);
+    }
+    out[len] = 0;
+    int st = pclose(p);
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return out;
+}
+
+static const char *cli(void)
+{
+    static char path[1024];
+    const char *b = getenv("DL_BUILD");
+    snprintf(path, sizeof path, "%s/deltallm", b && *b ? b : "build");
+    return path;
+}
+
+START_TEST(generate_golden)
+{
+    char cmd[4096];
+    size_t elen;
+    char *expected = dl_test_read_file(dl_test_shared("models/stories260K.greedy200.expected.txt"),
+                                       &elen);
+    ck_assert_ptr_nonnull(expected);
+    snprintf(cmd, sizeof cmd, "%s generate -m %s -n 200 --temp 0 -q 2>/dev/null", cli(),
+             dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf"));
+    int st;
+    char *out = run(cmd, &st);
+    ck_assert_int_eq(st, 0);
+    ck_assert_msg(strcmp(out, expected) == 0, "got:\n%s", out);
+    free(out);
+    free(expected);
+}
+END_TEST
+
+START_TEST(generate_seeded_is_reproducible)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s generate -m %s -p 'Once upon a time' -n 40 --temp 0.9 "
+             "--seed 7 -q 2>/dev/null", cli(),
+             dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf"));
+    int s1, s2;
+    char *a = run(cmd, &s1), *b = run(cmd, &s2);
+    ck_assert_int_eq(s1, 0);
+    ck_assert_int_eq(s2, 0);
+    ck_assert_str_eq(a, b);
+    ck_assert(strlen(a) > 20);
+    free(a);
+    free(b);
+}
+END_TEST
+
+START_TEST(inspect_every_model)
+{
+    static const char *files[] = {
+        "models/tinyllamas-stories-260k-f32.v3.gguf", "models/tinyllamas-stories-260k-f32.gguf",
+        "models/llama-2-tiny-random.gguf", "models/ggml-vocab-llama-spm.gguf",
+        "models/ggml-vocab-llama-bpe.derived.gguf"};
+    static const char *want[] = {"layers                     5", "layers                     5",
+                                 "vocabulary                 32000", "tokenizer.ggml.model",
+                                 "tokenizer.ggml.merges"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        char cmd[4096];
+        snprintf(cmd, sizeof cmd, "%s inspect %s 2>&1", cli(), dl_test_shared(files[i]));
+        int st;
+        char *out = run(cmd, &st);
+        ck_assert_msg(st == 0, "%s: exit %d", files[i], st);
+        ck_assert_msg(strstr(out, "GGUF version") != NULL, "%s", out);
+        ck_assert_msg(strstr(out, want[i]) != NULL, "%s: missing '%s' in:\n%s", files[i], want[i],
+                      out);
+        free(out);
+    }
+}
+END_TEST
+
+START_TEST(tokenize_prints_ids)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s tokenize --ids --no-bos -m %s 'Hello world'", cli(),
+             dl_test_shared("models/ggml-vocab-llama-spm.gguf"));
+    int st;
+    char *out = run(cmd, &st);
+    ck_assert_int_eq(st, 0);
+    ck_assert_str_eq(out, "15043 3186\n");
+    free(out);
+}
+END_TEST
+
+START_TEST(usage_errors_exit_2)
+{
+    char cmd[1024];
+    int st;
+    const char *bad[] = {"", "frobnicate", "generate", "generate -m x -n -5", "inspect",
+                         "generate -m x --temp abc"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(cmd, sizeof cmd, "%s %s 2>/dev/null", cli(), bad[i]);
+        free(run(cmd, &st));
+        ck_assert_msg(st == 2, "'%s' exited %d", bad[i], st);
+    }
+    snprintf(cmd, sizeof cmd, "%s inspect /nonexistent.gguf 2>&1", cli());
+    char *out = run(cmd, &st);
+    ck_assert_int_eq(st, 1);
+    ck_assert_ptr_nonnull(strstr(out, "No such file"));
+    free(out);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("cli");
+    TCase *tc = tcase_create("cli");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, generate_golden);
+    tcase_add_test(tc, generate_seeded_is_reproducible);
+    tcase_add_test(tc, inspect_every_model);
+    tcase_add_test(tc, tokenize_prints_ids);
+    tcase_add_test(tc, usage_errors_exit_2);
+    suite_add_tcase(s, tc);
+    return dl_test_run(s);
+}
