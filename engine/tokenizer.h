@@ -43,7 +43,8 @@ int32_t dl_tokenizer_find(const dl_tokenizer *t, const char *text, size_t len);
 /* Encode UTF-8 text. add_bos: prepend BOS; parse_special: recognise special-token text
  * such as "<|eot_id|>" as that token. Writes at most cap ids; returns the number of ids
  * the text needs (which may exceed cap: call again with a larger buffer), or a negative
- * error. Invalid UTF-8 is encoded byte-wise, never rejected. */
+ * error (-E2BIG past 512 MiB of text). Invalid UTF-8 is encoded byte-wise, never rejected.
+ * User-defined tokens are matched even without parse_special, as llama.cpp does. */
 int dl_tokenize(const dl_tokenizer *t, const char *text, size_t len, int add_bos,
                 int parse_special, int32_t *ids, int cap);
 
@@ -66,8 +67,9 @@ typedef struct dl_utf8_stream {
 } dl_utf8_stream;
 
 void dl_utf8_stream_init(dl_utf8_stream *s);
-/* Feed bytes; writes the complete, valid text to out (cap >= len + 8 is always enough)
- * and returns its length. */
+/* Feed bytes; writes the complete, valid text to out and returns its length. Each invalid
+ * byte can become a 3-byte U+FFFD, so cap >= 3 * len + 8 is always enough (output that
+ * does not fit in cap is dropped). */
 int dl_utf8_stream_feed(dl_utf8_stream *s, const char *in, int len, char *out, int cap);
 /* End of stream: flush a held incomplete sequence as U+FFFD. */
 int dl_utf8_stream_flush(dl_utf8_stream *s, char *out, int cap);
