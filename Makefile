@@ -22,7 +22,7 @@ DEPS_PKGS := libmicrohttpd-dev libcjson-dev libuv1-dev check pkg-config libcurl4
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS  ?=
-override CFLAGS += -std=c11 $(OPT) -g $(WARN) -D_GNU_SOURCE -Iengine -Idaemon -pthread $(SANITIZE)
+override CFLAGS += -std=c11 $(OPT) -g $(WARN) -D_GNU_SOURCE -iquote engine -iquote daemon -iquote engine/cli -pthread $(SANITIZE)
 LDFLAGS ?=
 override LDFLAGS += -pthread $(SANITIZE)
 
