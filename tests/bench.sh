@@ -1,0 +1,33 @@
+#!/bin/sh
+# `make bench`: the standard benchmark set. Generates the synthetic real-shape models it
+# needs into $BUILD/models (ignored by git), then prints one block per model and a table.
+#   BENCH_MODELS="llama3.2-1b:Q8_0 ..."  override the model list
+#   BENCH_THREADS=2  BENCH_REPS=3  BENCH_DEPTHS=2048,4096
+set -e
+build=${1:-build}
+shared=${DL_SHARED:-../shared}
+cli="$build/deltallm"
+models=${BENCH_MODELS:-"llama3.2-1b:Q8_0 llama3.2-1b:Q4_0 llama3.2-1b:Q4_K"}
+threads=${BENCH_THREADS:-2}
+reps=${BENCH_REPS:-3}
+depths=${BENCH_DEPTHS:-2048,4096}
+mkdir -p "$build/models"
+out="$build/bench.jsonl"
+: > "$out"
+for spec in $models; do
+    shape=${spec%%:*}
+    type=${spec##*:}
+    file="$build/models/$shape-$(echo "$type" | tr 'A-Z' 'a-z').gguf"
+    if [ ! -f "$file" ]; then
+        echo "== generating $file"
+        "$cli" synth --shape "$shape" --type "$type" -o "$file" --shared "$shared"
+    fi
+    echo "== $shape $type, $threads threads"
+    "$cli" bench -m "$file" -t "$threads" --reps "$reps" --depth "$depths" --batch-seqs 8
+    "$cli" bench -m "$file" -t "$threads" --reps 1 -p 64 -n 16 --json >> "$out" 2>/dev/null || true
+done
+if "$cli" bench-attn --help >/dev/null 2>&1; then
+    echo "== DeltaLLM attention vs dense (llama3.2-1b attention shape)"
+    "$cli" bench-attn --depth 512,2048,4096 -t "$threads"
+fi
+echo "machine-readable results: $out"
