@@ -446,6 +446,7 @@ void dl_ctx_free(dl_ctx *c)
 
 size_t dl_ctx_bytes(const dl_ctx *c) { return c->bytes; }
 int dl_ctx_max_tokens(const dl_ctx *c) { return c->max_tokens; }
+dl_pool *dl_ctx_pool(dl_ctx *c) { return c->pool; }
 
 /* ---- sequences ---------------------------------------------------------------------- */
 

@@ -21,6 +21,7 @@
 
 #include "delta.h"
 #include "gguf.h"
+#include "pool.h"
 #include "tokenizer.h"
 
 typedef struct dl_hparams {
@@ -62,6 +63,7 @@ dl_ctx *dl_ctx_create(const dl_model *m, int max_tokens, int max_ctx, int n_thre
 void dl_ctx_free(dl_ctx *c);
 size_t dl_ctx_bytes(const dl_ctx *c);
 int dl_ctx_max_tokens(const dl_ctx *c);
+dl_pool *dl_ctx_pool(dl_ctx *c);           /* its thread pool (benchmarks share it) */
 
 /* delta may be NULL (dense attention). n_ctx: the most tokens this sequence may hold. */
 dl_seq *dl_seq_create(const dl_model *m, int n_ctx, const dl_delta_params *delta, char *err,
