@@ -1,0 +1,78 @@
+/* kern_impl.h — internal to the kernels: activation formats and the per-ISA tables.
+ *
+ * For quantised weights the fast paths first quantise the activations (one token per row
+ * of x) into 8-bit blocks in the caller's scratch, then take integer dot products.
+ * Two formats, each one token per `stride` bytes (64-aligned):
+ *
+ *   act32 (Q8_0 / Q4_0 weights): int8 qs[cols] | float d[cols/32] | int32 sum[cols/32]
+ *   actk  (Q4_K / Q6_K weights): int8 qs[cols] | float d[cols/256] | int16 bsum[cols/16]
+ *
+ * qs = round_to_nearest_even(x / d), d = max|x| / 127 per block; sum / bsum are sums of qs
+ * over the block / over 16 values (the weight offsets and K-quant mins need them). The
+ * scalar quantisers below are the definition; the SIMD ones produce identical bytes.
+ */
+#ifndef DL_KERN_IMPL_H
+#define DL_KERN_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels.h"
+
+#define DL__ALIGN64(n) (((n) + 63) & ~(size_t)63)
+
+static inline size_t dl__act32_stride(int64_t cols)
+{
+    return DL__ALIGN64((size_t)cols + (size_t)cols / 32 * 8);
+}
+static inline size_t dl__actk_stride(int64_t cols)
+{
+    return DL__ALIGN64((size_t)cols + (size_t)cols / 256 * 4 + (size_t)cols / 16 * 2);
+}
+
+/* Scalar definitions of the two activation formats (one token). */
+void dl__quant_act32_ref(const float *x, int64_t cols, void *dst);
+void dl__quant_actk_ref(const float *x, int64_t cols, void *dst);
+
+/* One matmul as the row kernels see it. */
+typedef struct dl__mm {
+    const dl_weight *w;
+    const float *x;    /* n_tok x cols floats */
+    float *y;          /* n_tok x rows floats */
+    int n_tok;
+    const uint8_t *xq; /* quantised activations (act32 or actk), or NULL */
+    size_t xq_stride;  /* bytes per token in xq */
+} dl__mm;
+
+/* What one instruction set provides. matmul computes rows [r0, r1) for every token and
+ * returns 0, or -1 when it has no path for the weight type (the scalar path runs then). */
+typedef struct dl__kops {
+    void (*quant_act32)(const float *x, int64_t cols, void *dst);
+    void (*quant_actk)(const float *x, int64_t cols, void *dst);
+    int (*matmul)(const dl__mm *m, int64_t r0, int64_t r1);
+    void (*rmsnorm)(float *out, const float *x, const float *w, int n, float eps);
+    void (*softmax)(float *x, int n);
+    void (*swiglu)(float *out, const float *gate, const float *up, int n);
+    float (*dot)(const float *a, const float *b, int n);
+    void (*axpy)(float *y, float a, const float *x, int n);
+} dl__kops;
+
+extern const dl__kops dl__kops_avx2;
+extern const dl__kops dl__kops_avx512;
+
+/* Which activation format a weight type uses on the fast paths: 32, 256, or 0 (none). */
+static inline int dl__act_block(uint32_t type)
+{
+    switch (type) {
+    case 8:  /* Q8_0 */
+    case 2:  /* Q4_0 */
+        return 32;
+    case 12: /* Q4_K */
+    case 14: /* Q6_K */
+        return 256;
+    default:
+        return 0;
+    }
+}
+
+#endif

@@ -1,0 +1,340 @@
+/* kernels.c — instruction-set dispatch and the scalar kernels.
+ *
+ * The scalar kernels follow llama2.c's run.c operation for operation (float accumulators,
+ * same order), so a model run with DELTALLM_ISA=scalar reproduces its outputs exactly.
+ * The SIMD paths (kernels_avx2.c, kernels_avx512.c) reorder sums and, for quantised
+ * weights, quantise the activations to 8 bits; they are tested against these.
+ */
+#include "kernels.h"
+
+#include <math.h>
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kern_impl.h"
+#include "quant.h"
+
+/* ---- instruction-set selection ---- */
+
+static atomic_int dl__isa = -1; /* -1: not chosen yet */
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* clang 14's __builtin_cpu_supports does not know "f16c": CPUID.1:ECX bit 29. */
+static int dl__has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
+#endif
+
+enum dl_isa dl_isa_detect(void)
+{
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    /* The AVX-512 file uses F/BW/VL/DQ and VNNI throughout; FMA and F16C everywhere. */
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("fma") && dl__has_f16c())
+        return DL_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && dl__has_f16c())
+        return DL_ISA_AVX2;
+#endif
+    return DL_ISA_SCALAR;
+}
+
+static enum dl_isa dl__isa_from_env(enum dl_isa best)
+{
+    const char *e = getenv("DELTALLM_ISA");
+    enum dl_isa cap = best;
+    if (!e || !*e)
+        return best;
+    if (!strcmp(e, "scalar"))
+        cap = DL_ISA_SCALAR;
+    else if (!strcmp(e, "avx2"))
+        cap = DL_ISA_AVX2;
+    else if (!strcmp(e, "avx512"))
+        cap = DL_ISA_AVX512;
+    return cap < best ? cap : best;
+}
+
+enum dl_isa dl_isa_active(void)
+{
+    int v = atomic_load_explicit(&dl__isa, memory_order_relaxed);
+    if (v < 0) {
+        v = (int)dl__isa_from_env(dl_isa_detect());
+        int expect = -1;
+        if (!atomic_compare_exchange_strong(&dl__isa, &expect, v))
+            v = expect;
+    }
+    return (enum dl_isa)v;
+}
+
+void dl_isa_force(enum dl_isa isa)
+{
+    enum dl_isa best = dl_isa_detect();
+    atomic_store(&dl__isa, (int)(isa < best ? isa : best));
+}
+
+const char *dl_isa_name(enum dl_isa isa)
+{
+    switch (isa) {
+    case DL_ISA_AVX2:
+        return "avx2";
+    case DL_ISA_AVX512:
+        return "avx512";
+    default:
+        return "scalar";
+    }
+}
+
+static const dl__kops *dl__ops(void)
+{
+    switch (dl_isa_active()) {
+    case DL_ISA_AVX512:
+        return &dl__kops_avx512;
+    case DL_ISA_AVX2:
+        return &dl__kops_avx2;
+    default:
+        return NULL;
+    }
+}
+
+/* ---- activation quantisation (the definition the SIMD versions match) ---- */
+
+static float dl__amax(const float *x, int n)
+{
+    float m = 0.0f;
+    for (int i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        m = a > m ? a : m;
+    }
+    return m;
+}
+
+void dl__quant_act32_ref(const float *x, int64_t cols, void *dst)
+{
+    int64_t nb = cols / 32;
+    int8_t *qs = dst;
+    float *d = (float *)(qs + cols);
+    int32_t *sum = (int32_t *)(d + nb);
+    for (int64_t b = 0; b < nb; b++) {
+        float db = dl__amax(x + b * 32, 32) / 127.0f;
+        float id = db != 0.0f ? 1.0f / db : 0.0f;
+        int32_t s = 0;
+        for (int i = 0; i < 32; i++) {
+            int q = (int)nearbyintf(x[b * 32 + i] * id);
+            qs[b * 32 + i] = (int8_t)q;
+            s += q;
+        }
+        d[b] = db;
+        sum[b] = s;
+    }
+}
+
+void dl__quant_actk_ref(const float *x, int64_t cols, void *dst)
+{
+    int64_t nb = cols / 256;
+    int8_t *qs = dst;
+    float *d = (float *)(qs + cols);
+    int16_t *bsum = (int16_t *)(d + nb);
+    for (int64_t b = 0; b < nb; b++) {
+        float db = dl__amax(x + b * 256, 256) / 127.0f;
+        float id = db != 0.0f ? 1.0f / db : 0.0f;
+        for (int g = 0; g < 16; g++) {
+            int s = 0;
+            for (int i = 0; i < 16; i++) {
+                int64_t k = b * 256 + g * 16 + i;
+                int q = (int)nearbyintf(x[k] * id);
+                qs[k] = (int8_t)q;
+                s += q;
+            }
+            bsum[b * 16 + g] = (int16_t)s;
+        }
+        d[b] = db;
+    }
+}
+
+size_t dl_matmul_scratch_size(int n_tok, int64_t cols)
+{
+    int64_t c = (cols + 255) / 256 * 256;
+    size_t s32 = dl__act32_stride(c), sk = dl__actk_stride(c);
+    return (size_t)(n_tok > 0 ? n_tok : 0) * (s32 > sk ? s32 : sk) + 64;
+}
+
+/* ---- matmul ---- */
+
+typedef struct dl__mm_task {
+    dl__mm m;
+    const dl__kops *ops; /* NULL: scalar */
+    int act;             /* 0, 32 or 256: activation format being built */
+} dl__mm_task;
+
+static void dl__matmul_scalar_rows(const dl__mm *m, int64_t r0, int64_t r1)
+{
+    const dl_weight *w = m->w;
+    const int64_t n = w->cols;
+    for (int t = 0; t < m->n_tok; t++) {
+        const float *x = m->x + (size_t)t * n;
+        float *y = m->y + (size_t)t * w->rows;
+        for (int64_t r = r0; r < r1; r++) {
+            const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
+            if (w->type == DL_TYPE_F32) {
+                const float *wr = (const float *)row;
+                float val = 0.0f;
+                for (int64_t j = 0; j < n; j++)
+                    val += wr[j] * x[j];
+                y[r] = val;
+            } else {
+                y[r] = dl_vec_dot_ref(w->type, row, x, n);
+            }
+        }
+    }
+}
+
+static void dl__quant_job(void *arg, int ith, int nth)
+{
+    dl__mm_task *k = arg;
+    long lo, hi;
+    dl_split(k->m.n_tok, ith, nth, &lo, &hi);
+    for (long t = lo; t < hi; t++) {
+        const float *x = k->m.x + (size_t)t * k->m.w->cols;
+        void *dst = (uint8_t *)k->m.xq + (size_t)t * k->m.xq_stride;
+        if (k->act == 32)
+            k->ops->quant_act32(x, k->m.w->cols, dst);
+        else
+            k->ops->quant_actk(x, k->m.w->cols, dst);
+    }
+}
+
+/* Rows go out in multiples of 16 (the SIMD kernels' row tile). */
+static void dl__matmul_job(void *arg, int ith, int nth)
+{
+    dl__mm_task *k = arg;
+    long lo, hi;
+    dl_split((long)((k->m.w->rows + 15) / 16), ith, nth, &lo, &hi);
+    int64_t r0 = lo * 16, r1 = hi * 16 < k->m.w->rows ? hi * 16 : k->m.w->rows;
+    if (r0 >= r1)
+        return;
+    if (!k->ops || k->ops->matmul(&k->m, r0, r1) != 0)
+        dl__matmul_scalar_rows(&k->m, r0, r1);
+}
+
+void dl_matmul(dl_pool *pool, const dl_weight *w, const float *x, float *y, int n_tok,
+               void *scratch)
+{
+    dl__mm_task k = {.m = {.w = w, .x = x, .y = y, .n_tok = n_tok}, .ops = dl__ops()};
+    if (n_tok <= 0 || w->rows <= 0)
+        return;
+    int act = dl__act_block(w->type);
+    if (k.ops && act) {
+        if (!scratch || w->cols % act != 0) {
+            k.ops = NULL; /* no room for quantised activations: reference path */
+        } else {
+            k.act = act;
+            k.m.xq = (const uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+            k.m.xq_stride = act == 32 ? dl__act32_stride(w->cols) : dl__actk_stride(w->cols);
+            dl_pool_run(pool, dl__quant_job, &k);
+        }
+    }
+    dl_pool_run(pool, dl__matmul_job, &k);
+}
+
+/* ---- vector kernels ---- */
+
+void dl_rmsnorm(float *out, const float *x, const float *w, int n, float eps)
+{
+    const dl__kops *o = dl__ops();
+    if (o) {
+        o->rmsnorm(out, x, w, n, eps);
+        return;
+    }
+    float ss = 0.0f;
+    for (int j = 0; j < n; j++)
+        ss += x[j] * x[j];
+    ss /= n;
+    ss += eps;
+    ss = 1.0f / sqrtf(ss);
+    for (int j = 0; j < n; j++)
+        out[j] = w[j] * (ss * x[j]);
+}
+
+void dl_softmax(float *x, int n)
+{
+    const dl__kops *o = dl__ops();
+    if (o) {
+        o->softmax(x, n);
+        return;
+    }
+    if (n <= 0)
+        return;
+    float max_val = x[0];
+    for (int i = 1; i < n; i++)
+        if (x[i] > max_val)
+            max_val = x[i];
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max_val);
+        sum += x[i];
+    }
+    for (int i = 0; i < n; i++)
+        x[i] /= sum;
+}
+
+void dl_swiglu(float *out, const float *gate, const float *up, int n)
+{
+    const dl__kops *o = dl__ops();
+    if (o) {
+        o->swiglu(out, gate, up, n);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        float val = gate[i];
+        val *= 1.0f / (1.0f + expf(-val));
+        out[i] = val * up[i];
+    }
+}
+
+/* Scalar on every path: it is a small share of the work and matching llama2.c's
+ * cosf/sinf bit for bit matters more than speed here. */
+void dl_rope(float *x, int n_heads, int head_dim, int pos, float base, const float *factors)
+{
+    for (int i = 0; i < head_dim / 2; i++) {
+        float freq = 1.0f / powf(base, (float)(2 * i) / (float)head_dim);
+        if (factors)
+            freq /= factors[i];
+        float val = pos * freq;
+        float fcr = cosf(val), fci = sinf(val);
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + (size_t)h * head_dim + 2 * i;
+            float v0 = v[0], v1 = v[1];
+            v[0] = v0 * fcr - v1 * fci;
+            v[1] = v0 * fci + v1 * fcr;
+        }
+    }
+}
+
+float dl_dot_f32(const float *a, const float *b, int n)
+{
+    const dl__kops *o = dl__ops();
+    if (o)
+        return o->dot(a, b, n);
+    float s = 0.0f;
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+void dl_axpy_f32(float *y, float a, const float *x, int n)
+{
+    const dl__kops *o = dl__ops();
+    if (o) {
+        o->axpy(y, a, x, n);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        y[i] += a * x[i];
+}

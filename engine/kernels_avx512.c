@@ -1,0 +1,695 @@
+/* kernels_avx512.c — AVX-512 (F/BW/VL/DQ + VNNI) kernels; called only after dispatch.
+ *
+ * Quantised matmuls multiply 8-bit activations (kern_impl.h) with integer dot products:
+ *
+ *  - Q8_0/Q4_0, few tokens: stream each weight row once; two 32-blocks per zmm; weights are
+ *    made unsigned (Q8_0: w ^ 0x80 = w + 128; Q4_0: the raw nibble) for vpdpbusd and the
+ *    offset is removed with the activation block sums (sum(w + o) * a = w.a + o * sum(a)).
+ *  - Q8_0/Q4_0, many tokens: a stripe of 16 rows x 1024 columns is repacked (in L1-sized
+ *    stack memory) so that one zmm holds 4 consecutive weights of each of the 16 rows;
+ *    vpdpbusd against 4 broadcast activation bytes then yields 16 rows' partial dots in
+ *    one instruction, and the stripe is reused by every token (compute-bound, no
+ *    horizontal sums).
+ *  - Q4_K/Q6_K: per 256-superblock, weights unpacked once and reused by up to 4 tokens;
+ *    vpmaddubsw + vpmaddwd with the 6/8-bit sub-block scales.
+ *  - F32/F16/BF16: 2 rows x 4 tokens of FMA accumulators.
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "kern_impl.h"
+#include "quant.h"
+
+#define AI static inline __attribute__((always_inline))
+
+/* ---- helpers ---- */
+
+AI float hsum(__m512 v)
+{
+    return _mm512_reduce_add_ps(v);
+}
+
+AI __mmask16 tail_mask(int n)
+{
+    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+}
+
+/* exp(x) for float lanes: range reduction by ln2, degree-6 polynomial, scalef (~2 ulp). */
+AI __m512 exp512(__m512 x)
+{
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7f)), _mm512_set1_ps(-103.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* ---- vector kernels ---- */
+
+static float dot512(const float *a, const float *b, int n)
+{
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return hsum(_mm512_add_ps(s0, s1));
+}
+
+static void axpy512(float *y, float a, const float *x, int n)
+{
+    __m512 va = _mm512_set1_ps(a);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i));
+        _mm512_mask_storeu_ps(y + i, m, v);
+    }
+}
+
+static void rmsnorm512(float *out, const float *x, const float *w, int n, float eps)
+{
+    float ss = dot512(x, x, n) / n + eps;
+    __m512 s = _mm512_set1_ps(1.0f / sqrtf(ss));
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, w + i),
+                                 _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, x + i)));
+        _mm512_mask_storeu_ps(out + i, m, v);
+    }
+}
+
+static void softmax512(float *x, int n)
+{
+    if (n <= 0)
+        return;
+    __m512 mx = _mm512_set1_ps(x[0]);
+    for (int i = 0; i < n; i += 16)
+        mx = _mm512_mask_max_ps(mx, tail_mask(n - i), mx, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
+    __m512 vmax = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 sum = _mm512_setzero_ps();
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vmax));
+        sum = _mm512_add_ps(sum, _mm512_maskz_mov_ps(m, e));
+        _mm512_mask_storeu_ps(x + i, m, e);
+    }
+    __m512 inv = _mm512_set1_ps(1.0f / hsum(sum));
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
+    }
+}
+
+static void swiglu512(float *out, const float *gate, const float *up, int n)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+        __m512 sg = _mm512_div_ps(g, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(sg, _mm512_maskz_loadu_ps(m, up + i)));
+    }
+}
+
+/* ---- activation quantisation (bit-identical to dl__quant_act*_ref) ---- */
+
+AI __m512 absps(__m512 v)
+{
+    return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)));
+}
+
+/* q = round-to-nearest-even(x * id), 16 lanes -> 16 int8 */
+AI __m128i q16(const float *x, float id)
+{
+    __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x), _mm512_set1_ps(id)));
+    return _mm512_cvtsepi32_epi8(q);
+}
+
+static void quant_act32_512(const float *x, int64_t cols, void *dst)
+{
+    int64_t nb = cols / 32;
+    int8_t *qs = dst;
+    float *d = (float *)(qs + cols);
+    int32_t *sum = (int32_t *)(d + nb);
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * 32;
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(absps(_mm512_loadu_ps(xb)), absps(_mm512_loadu_ps(xb + 16))));
+        float db = amax / 127.0f;
+        float id = db != 0.0f ? 1.0f / db : 0.0f;
+        __m128i a = q16(xb, id), c = q16(xb + 16, id);
+        _mm_storeu_si128((__m128i *)(qs + b * 32), a);
+        _mm_storeu_si128((__m128i *)(qs + b * 32 + 16), c);
+        __m256i w = _mm256_cvtepi8_epi16(_mm_add_epi8(_mm_setzero_si128(), a));
+        w = _mm256_add_epi16(w, _mm256_cvtepi8_epi16(c));
+        __m256i s32 = _mm256_madd_epi16(w, _mm256_set1_epi16(1));
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+        s = _mm_hadd_epi32(s, s);
+        s = _mm_hadd_epi32(s, s);
+        d[b] = db;
+        sum[b] = _mm_cvtsi128_si32(s);
+    }
+}
+
+static void quant_actk_512(const float *x, int64_t cols, void *dst)
+{
+    int64_t nb = cols / 256;
+    int8_t *qs = dst;
+    float *d = (float *)(qs + cols);
+    int16_t *bsum = (int16_t *)(d + nb);
+    for (int64_t b = 0; b < nb; b++) {
+        const float *xb = x + b * 256;
+        __m512 mx = _mm512_setzero_ps();
+        for (int i = 0; i < 256; i += 16)
+            mx = _mm512_max_ps(mx, absps(_mm512_loadu_ps(xb + i)));
+        float db = _mm512_reduce_max_ps(mx) / 127.0f;
+        float id = db != 0.0f ? 1.0f / db : 0.0f;
+        for (int g = 0; g < 16; g++) {
+            __m128i q = q16(xb + g * 16, id);
+            _mm_storeu_si128((__m128i *)(qs + b * 256 + g * 16), q);
+            __m128i s = _mm_sad_epu8(_mm_xor_si128(q, _mm_set1_epi8((char)0x80)), _mm_setzero_si128());
+            int tot = _mm_cvtsi128_si32(s) + _mm_extract_epi16(s, 4) - 16 * 128;
+            bsum[b * 16 + g] = (int16_t)tot;
+        }
+        d[b] = db;
+    }
+}
+
+/* ---- Q8_0 / Q4_0: streaming path ---- */
+
+/* 64 weights of blocks b, b+1 of a row as unsigned bytes. */
+AI __m512i load2_q8_0(const dl_block_q8_0 *blk)
+{
+    __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)blk[0].qs)),
+                                   _mm256_loadu_si256((const __m256i *)blk[1].qs), 1);
+    return _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+}
+
+AI __m512i load2_q4_0(const dl_block_q4_0 *blk)
+{
+    __m256i x = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)blk[0].qs)),
+                                        _mm_loadu_si128((const __m128i *)blk[1].qs), 1);
+    /* [qs0, qs0, qs1, qs1], the copies shifted to expose the high nibbles */
+    __m512i v = _mm512_shuffle_i64x2(_mm512_castsi256_si512(x), _mm512_castsi256_si512(x), 0x50);
+    v = _mm512_mask_srli_epi16(v, 0xFF00FF00u, v, 4);
+    return _mm512_and_si512(v, _mm512_set1_epi8(0x0F));
+}
+
+AI __m512 dw2(dl_fp16 d0, dl_fp16 d1)
+{
+    __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)d0 | ((uint32_t)d1 << 16))));
+    return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                                 _mm512_castps128_ps512(f));
+}
+
+/* Activation scale pair for blocks b, b+1, each spread over 8 lanes. */
+AI __m512 da2(const float *d)
+{
+    return _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                                 _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd((const double *)d))));
+}
+/* The correction goes into one lane per block (lanes 0 and 8): the 8 lanes are summed. */
+AI __m512i corr2(const int32_t *s, int shift)
+{
+    __m512i v = _mm512_maskz_permutexvar_epi32(0x0101, _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                                               _mm512_castsi128_si512(_mm_loadl_epi64((const __m128i *)s)));
+    return _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(v, shift));
+}
+
+/* NT tokens (<= 4) against one row; cols a multiple of 32. */
+AI void rowdot_q40_q80(const dl__mm *m, int64_t r, int t0, const int NT, const int is_q8)
+{
+    const int64_t nb = m->w->cols / 32;
+    const uint8_t *row = (const uint8_t *)m->w->data + (size_t)r * m->w->row_bytes;
+    const int shift = is_q8 ? 7 : 3;
+    __m512 acc[4];
+    const int8_t *qa[4];
+    const float *da[4];
+    const int32_t *sa[4];
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
+        da[t] = (const float *)(qa[t] + m->w->cols);
+        sa[t] = (const int32_t *)(da[t] + nb);
+    }
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m512i wv;
+        __m512 dw;
+        if (is_q8) {
+            const dl_block_q8_0 *blk = (const dl_block_q8_0 *)row + b;
+            wv = load2_q8_0(blk);
+            dw = dw2(blk[0].d, blk[1].d);
+        } else {
+            const dl_block_q4_0 *blk = (const dl_block_q4_0 *)row + b;
+            wv = load2_q4_0(blk);
+            dw = dw2(blk[0].d, blk[1].d);
+        }
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) {
+            __m512i dp = _mm512_dpbusd_epi32(corr2(sa[t] + b, shift), wv,
+                                             _mm512_loadu_si512((const void *)(qa[t] + b * 32)));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(dw, da2(da[t] + b)), acc[t]);
+        }
+    }
+    float tail[4] = {0, 0, 0, 0};
+    if (b < nb) { /* odd block count: one 32-block in ymm */
+        __m256i wv;
+        float dw;
+        if (is_q8) {
+            const dl_block_q8_0 *blk = (const dl_block_q8_0 *)row + b;
+            wv = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)blk->qs), _mm256_set1_epi8((char)0x80));
+            dw = _cvtsh_ss(blk->d);
+        } else {
+            const dl_block_q4_0 *blk = (const dl_block_q4_0 *)row + b;
+            __m128i x = _mm_loadu_si128((const __m128i *)blk->qs);
+            wv = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(x), _mm_srli_epi16(x, 4), 1),
+                                  _mm256_set1_epi8(0x0F));
+            dw = _cvtsh_ss(blk->d);
+        }
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) {
+            __m256i dp = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv,
+                                             _mm256_loadu_si256((const __m256i *)(qa[t] + b * 32)));
+            __m128i s = _mm_add_epi32(_mm256_castsi256_si128(dp), _mm256_extracti128_si256(dp, 1));
+            s = _mm_hadd_epi32(s, s);
+            s = _mm_hadd_epi32(s, s);
+            int isum = _mm_cvtsi128_si32(s) - sa[t][b] * (1 << shift);
+            tail[t] = dw * da[t][b] * (float)isum;
+        }
+    }
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++)
+        m->y[(size_t)(t0 + t) * m->w->rows + r] = hsum(acc[t]) + tail[t];
+}
+
+static void matmul_q_stream(const dl__mm *m, int64_t r0, int64_t r1, int is_q8)
+{
+    /* Token tiles of 4 reuse each weight load; rows outer so a row is read once per tile. */
+    for (int t = 0; t < m->n_tok; t += 4) {
+        int nt = m->n_tok - t < 4 ? m->n_tok - t : 4;
+        for (int64_t r = r0; r < r1; r++) {
+            switch (nt * 2 + is_q8) {
+            case 2: rowdot_q40_q80(m, r, t, 1, 0); break;
+            case 3: rowdot_q40_q80(m, r, t, 1, 1); break;
+            case 4: rowdot_q40_q80(m, r, t, 2, 0); break;
+            case 5: rowdot_q40_q80(m, r, t, 2, 1); break;
+            case 6: rowdot_q40_q80(m, r, t, 3, 0); break;
+            case 7: rowdot_q40_q80(m, r, t, 3, 1); break;
+            case 8: rowdot_q40_q80(m, r, t, 4, 0); break;
+            default: rowdot_q40_q80(m, r, t, 4, 1); break;
+            }
+        }
+    }
+}
+
+/* ---- Q8_0 / Q4_0: repacked-stripe path for many tokens ---- */
+
+#define KC_BLOCKS 32 /* 1024 columns per stripe chunk: 16 KiB of packed weights */
+
+typedef struct stripe {
+    __m512i w[KC_BLOCKS][8]; /* [block][group of 4 columns]: 4 bytes of each of 16 rows */
+    __m512 dw[KC_BLOCKS];    /* per block, the 16 rows' scales */
+} stripe;
+
+static void stripe_pack(stripe *s, const dl__mm *m, int64_t r0, int nrows, int64_t b0, int nbk,
+                        int is_q8)
+{
+    const uint8_t *base = (const uint8_t *)m->w->data + (size_t)r0 * m->w->row_bytes;
+    __mmask16 rm = tail_mask(nrows);
+    __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                     _mm512_set1_epi32((int)m->w->row_bytes));
+    for (int b = 0; b < nbk; b++) {
+        if (is_q8) {
+            const uint8_t *blk = base + (size_t)(b0 + b) * sizeof(dl_block_q8_0);
+            __m512i dv = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), rm, idx, blk, 1);
+            s->dw[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dv));
+            #pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) {
+                __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), rm, idx, blk + 2 + 4 * k, 1);
+                s->w[b][k] = _mm512_xor_si512(g, _mm512_set1_epi8((char)0x80));
+            }
+        } else {
+            const uint8_t *blk = base + (size_t)(b0 + b) * sizeof(dl_block_q4_0);
+            __m512i dv = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), rm, idx, blk, 1);
+            s->dw[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dv));
+            #pragma GCC unroll 8
+            for (int k = 0; k < 4; k++) {
+                __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), rm, idx, blk + 2 + 4 * k, 1);
+                s->w[b][k] = _mm512_and_si512(g, _mm512_set1_epi8(0x0F));
+                s->w[b][k + 4] = _mm512_and_si512(_mm512_srli_epi16(g, 4), _mm512_set1_epi8(0x0F));
+            }
+        }
+    }
+}
+
+/* y[t][r0 .. r0+nrows) (+)= the stripe chunk's dot with NT tokens' activations. */
+AI void stripe_tokens(const stripe *s, const dl__mm *m, int t0, const int NT, int64_t b0, int nbk,
+                      int shift, int64_t r0, int nrows, int first)
+{
+    const int64_t nb = m->w->cols / 32;
+    const __mmask16 rm = tail_mask(nrows);
+    __m512 acc[4];
+    const int8_t *qa[4];
+    const float *da[4];
+    const int32_t *sa[4];
+    float *y[4];
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        y[t] = m->y + (size_t)(t0 + t) * m->w->rows + r0;
+        acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(rm, y[t]);
+        qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
+        da[t] = (const float *)(qa[t] + m->w->cols);
+        sa[t] = (const int32_t *)(da[t] + nb);
+    }
+    for (int b = 0; b < nbk; b++) {
+        const int64_t gb = b0 + b;
+        __m512i dp[4];
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            dp[t] = _mm512_set1_epi32(-sa[t][gb] * (1 << shift));
+        #pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            __m512i wv = _mm512_load_si512(&s->w[b][k]);
+            #pragma GCC unroll 8
+            for (int t = 0; t < NT; t++) {
+                int32_t a4;
+                memcpy(&a4, qa[t] + gb * 32 + 4 * k, 4);
+                dp[t] = _mm512_dpbusd_epi32(dp[t], wv, _mm512_set1_epi32(a4));
+            }
+        }
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp[t]),
+                                     _mm512_mul_ps(s->dw[b], _mm512_set1_ps(da[t][gb])), acc[t]);
+    }
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++)
+        _mm512_mask_storeu_ps(y[t], rm, acc[t]);
+}
+
+/* Each 16-row x 1024-column chunk is packed once and used by every token; partial sums
+ * over chunks accumulate in y. */
+static void matmul_q_stripe(const dl__mm *m, int64_t r0, int64_t r1, int is_q8)
+{
+    const int64_t nb = m->w->cols / 32;
+    const int shift = is_q8 ? 7 : 3;
+    stripe s __attribute__((aligned(64)));
+    for (int64_t r = r0; r < r1; r += 16) {
+        int nrows = r1 - r < 16 ? (int)(r1 - r) : 16;
+        for (int64_t b0 = 0; b0 < nb; b0 += KC_BLOCKS) {
+            int nbk = nb - b0 < KC_BLOCKS ? (int)(nb - b0) : KC_BLOCKS;
+            stripe_pack(&s, m, r, nrows, b0, nbk, is_q8);
+            int t = 0;
+            for (; t + 4 <= m->n_tok; t += 4)
+                stripe_tokens(&s, m, t, 4, b0, nbk, shift, r, nrows, b0 == 0);
+            for (; t < m->n_tok; t++)
+                stripe_tokens(&s, m, t, 1, b0, nbk, shift, r, nrows, b0 == 0);
+        }
+    }
+}
+
+/* Re-packing pays off once it is shared by this many tokens. */
+#define STRIPE_MIN_TOK 8
+
+/* ---- Q4_K / Q6_K ---- */
+
+static void q4k_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8])
+{
+    #pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) {
+        if (j < 4) {
+            sc[j] = q[j] & 63;
+            mn[j] = q[j + 4] & 63;
+        } else {
+            sc[j] = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+            mn[j] = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+        }
+    }
+}
+
+AI __m512i pair16(int lo, int hi)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)lo)), _mm256_set1_epi16((short)hi), 1);
+}
+
+AI void rowdot_q4k(const dl__mm *m, int64_t r, int t0, const int NT)
+{
+    const int64_t nb = m->w->cols / 256;
+    const dl_block_q4_K *row = (const dl_block_q4_K *)((const uint8_t *)m->w->data + (size_t)r * m->w->row_bytes);
+    __m512 acc[4];
+    float mins[4];
+    const int8_t *qa[4];
+    const float *da[4];
+    const int16_t *bs[4];
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        mins[t] = 0;
+        qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
+        da[t] = (const float *)(qa[t] + m->w->cols);
+        bs[t] = (const int16_t *)(da[t] + nb);
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const dl_block_q4_K *blk = row + b;
+        uint8_t sc[8], mn[8];
+        q4k_scales(blk->scales, sc, mn);
+        float d = _cvtsh_ss(blk->d), dmin = _cvtsh_ss(blk->dmin);
+        __m512i wv[4], sv[4];
+        #pragma GCC unroll 8
+        for (int c = 0; c < 4; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * c));
+            __m256i lo = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), _mm256_set1_epi8(0x0F));
+            wv[c] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            sv[c] = pair16(sc[2 * c], sc[2 * c + 1]);
+        }
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) {
+            const int8_t *a = qa[t] + b * 256;
+            __m512i is = _mm512_setzero_si512();
+            #pragma GCC unroll 8
+            for (int c = 0; c < 4; c++) {
+                __m512i p = _mm512_maddubs_epi16(wv[c], _mm512_loadu_si512((const void *)(a + 64 * c)));
+                is = _mm512_add_epi32(is, _mm512_madd_epi16(p, sv[c]));
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(d * da[t][b]), acc[t]);
+            const int16_t *bb = bs[t] + b * 16;
+            int ms = 0;
+            #pragma GCC unroll 8
+            for (int j = 0; j < 8; j++)
+                ms += mn[j] * (bb[2 * j] + bb[2 * j + 1]);
+            mins[t] += dmin * da[t][b] * (float)ms;
+        }
+    }
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++)
+        m->y[(size_t)(t0 + t) * m->w->rows + r] = hsum(acc[t]) - mins[t];
+}
+
+AI void rowdot_q6k(const dl__mm *m, int64_t r, int t0, const int NT)
+{
+    const int64_t nb = m->w->cols / 256;
+    const dl_block_q6_K *row = (const dl_block_q6_K *)((const uint8_t *)m->w->data + (size_t)r * m->w->row_bytes);
+    const __m512i cnt_a = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i cnt_b = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    __m512 acc[4];
+    const int8_t *qa[4];
+    const float *da[4];
+    const int16_t *bs[4];
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
+        da[t] = (const float *)(qa[t] + m->w->cols);
+        bs[t] = (const int16_t *)(da[t] + nb);
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const dl_block_q6_K *blk = row + b;
+        float d = _cvtsh_ss(blk->d);
+        __m512i wv[4], sv[4];
+        /* 16 scales as int16; each 64-value chunk c uses scales 4c..4c+3, 8 lanes each */
+        __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
+        __m512i sc512 = _mm512_castsi256_si512(sc16);
+        #pragma GCC unroll 8
+        for (int h = 0; h < 2; h++) {
+            __m512i l = _mm512_loadu_si512((const void *)(blk->ql + 64 * h));
+            __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h)));
+            wv[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(hb, cnt_a), m30));
+            wv[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                            _mm512_and_si512(_mm512_srlv_epi16(hb, cnt_b), m30));
+        }
+        #pragma GCC unroll 8
+        for (int c = 0; c < 4; c++) {
+            __m512i idx = _mm512_inserti64x4(
+                _mm512_inserti64x4(_mm512_setzero_si512(),
+                                   _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)(4 * c))),
+                                                           _mm_set1_epi16((short)(4 * c + 1)), 1), 0),
+                _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)(4 * c + 2))),
+                                        _mm_set1_epi16((short)(4 * c + 3)), 1), 1);
+            sv[c] = _mm512_permutexvar_epi16(idx, sc512);
+        }
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) {
+            const int8_t *a = qa[t] + b * 256;
+            /* sum (q - 32) * a * sc = sum q*a*sc - 32 * sum sc * bsum */
+            __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)(bs[t] + b * 16)));
+            __m512i is = _mm512_castsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5)));
+            is = _mm512_inserti64x4(is, _mm256_setzero_si256(), 1);
+            #pragma GCC unroll 8
+            for (int c = 0; c < 4; c++) {
+                __m512i p = _mm512_maddubs_epi16(wv[c], _mm512_loadu_si512((const void *)(a + 64 * c)));
+                is = _mm512_add_epi32(is, _mm512_madd_epi16(p, sv[c]));
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(d * da[t][b]), acc[t]);
+        }
+    }
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++)
+        m->y[(size_t)(t0 + t) * m->w->rows + r] = hsum(acc[t]);
+}
+
+#define KQ_TOK_BLOCK 16 /* tokens whose activations (16 x cols bytes) stay in L1/L2 per row sweep */
+
+static void matmul_kq(const dl__mm *m, int64_t r0, int64_t r1, int is_q6)
+{
+    for (int tb = 0; tb < m->n_tok; tb += KQ_TOK_BLOCK) {
+        int te = m->n_tok - tb < KQ_TOK_BLOCK ? m->n_tok : tb + KQ_TOK_BLOCK;
+        for (int64_t r = r0; r < r1; r++) {
+            int t = tb;
+            for (; t + 4 <= te; t += 4) {
+                if (is_q6)
+                    rowdot_q6k(m, r, t, 4);
+                else
+                    rowdot_q4k(m, r, t, 4);
+            }
+            for (; t < te; t++) {
+                if (is_q6)
+                    rowdot_q6k(m, r, t, 1);
+                else
+                    rowdot_q4k(m, r, t, 1);
+            }
+        }
+    }
+}
+
+/* ---- F32 / F16 / BF16 ---- */
+
+AI __m512 loadw(const void *row, int64_t i, __mmask16 m, uint32_t type)
+{
+    if (type == DL_TYPE_F32)
+        return _mm512_maskz_loadu_ps(m, (const float *)row + i);
+    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)row + i);
+    if (type == DL_TYPE_F16)
+        return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+AI void rowdot_f(const dl__mm *m, int64_t r, int nr, int t0, const int NT, uint32_t type)
+{
+    const int64_t n = m->w->cols;
+    const void *w0 = (const uint8_t *)m->w->data + (size_t)r * m->w->row_bytes;
+    const void *w1 = (const uint8_t *)w0 + (nr > 1 ? m->w->row_bytes : 0);
+    __m512 acc[4][2];
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++)
+        acc[t][0] = acc[t][1] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 mk = tail_mask((int)(n - i < 16 ? n - i : 16));
+        __m512 a = loadw(w0, i, mk, type), c = loadw(w1, i, mk, type);
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) {
+            __m512 x = _mm512_maskz_loadu_ps(mk, m->x + (size_t)(t0 + t) * n + i);
+            acc[t][0] = _mm512_fmadd_ps(a, x, acc[t][0]);
+            acc[t][1] = _mm512_fmadd_ps(c, x, acc[t][1]);
+        }
+    }
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        float *y = m->y + (size_t)(t0 + t) * m->w->rows + r;
+        y[0] = hsum(acc[t][0]);
+        if (nr > 1)
+            y[1] = hsum(acc[t][1]);
+    }
+}
+
+static void matmul_f(const dl__mm *m, int64_t r0, int64_t r1, uint32_t type)
+{
+    for (int tb = 0; tb < m->n_tok; tb += KQ_TOK_BLOCK) {
+        int te = m->n_tok - tb < KQ_TOK_BLOCK ? m->n_tok : tb + KQ_TOK_BLOCK;
+        for (int64_t r = r0; r < r1; r += 2) {
+            int nr = r1 - r < 2 ? 1 : 2;
+            int t = tb;
+            for (; t + 4 <= te; t += 4) {
+                if (type == DL_TYPE_F32)
+                    rowdot_f(m, r, nr, t, 4, DL_TYPE_F32);
+                else if (type == DL_TYPE_F16)
+                    rowdot_f(m, r, nr, t, 4, DL_TYPE_F16);
+                else
+                    rowdot_f(m, r, nr, t, 4, DL_TYPE_BF16);
+            }
+            for (; t < te; t++) {
+                if (type == DL_TYPE_F32)
+                    rowdot_f(m, r, nr, t, 1, DL_TYPE_F32);
+                else if (type == DL_TYPE_F16)
+                    rowdot_f(m, r, nr, t, 1, DL_TYPE_F16);
+                else
+                    rowdot_f(m, r, nr, t, 1, DL_TYPE_BF16);
+            }
+        }
+    }
+}
+
+static int matmul512(const dl__mm *m, int64_t r0, int64_t r1)
+{
+    switch (m->w->type) {
+    case DL_TYPE_F32:
+    case DL_TYPE_F16:
+    case DL_TYPE_BF16:
+        matmul_f(m, r0, r1, m->w->type);
+        return 0;
+    case DL_TYPE_Q8_0:
+    case DL_TYPE_Q4_0:
+        if (!m->xq)
+            return -1;
+        if (m->n_tok >= STRIPE_MIN_TOK)
+            matmul_q_stripe(m, r0, r1, m->w->type == DL_TYPE_Q8_0);
+        else
+            matmul_q_stream(m, r0, r1, m->w->type == DL_TYPE_Q8_0);
+        return 0;
+    case DL_TYPE_Q4_K:
+    case DL_TYPE_Q6_K:
+        if (!m->xq)
+            return -1;
+        matmul_kq(m, r0, r1, m->w->type == DL_TYPE_Q6_K);
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+const dl__kops dl__kops_avx512 = {
+    .quant_act32 = quant_act32_512,
+    .quant_actk = quant_actk_512,
+    .matmul = matmul512,
+    .rmsnorm = rmsnorm512,
+    .softmax = softmax512,
+    .swiglu = swiglu512,
+    .dot = dot512,
+    .axpy = axpy512,
+};
