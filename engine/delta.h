@@ -73,9 +73,17 @@ size_t dl_delta_cache_bytes(const dl_delta_cache *c);
  *   k,v: n x (n_head_kv * head_dim) post-RoPE keys, values
  *   out: n x (n_head * head_dim)
  * is_prefill selects the stage for the knobs and statistics. The cache length advances
- * once the last layer (n_layer - 1) has been appended. */
-void dl_delta_attention(dl_delta_cache *c, dl_pool *pool, int layer, int n_head,
-                        const float *q, const float *k, const float *v, int n,
-                        int is_prefill, float *out);
+ * once the last layer (n_layer - 1) has been appended. Every layer of a token must be
+ * appended with the same n. Returns 0; -EINVAL for a bad layer / n / n_head (n_head must
+ * be a multiple of n_head_kv), -ENOSPC when len + n > n_ctx, -ENOMEM if the one-time
+ * per-thread scratch (n_ctx x 64 floats per pool thread) cannot be allocated.
+ * Storage: V dense fp16; exact keys (ring of window + 64 positions, sink) fp32. */
+int dl_delta_attention(dl_delta_cache *c, dl_pool *pool, int layer, int n_head,
+                       const float *q, const float *k, const float *v, int n, int is_prefill,
+                       float *out);
+
+/* The threshold the layer uses now (the fixed theta, or the one chosen for
+ * sparsity_target; < 0 before the layer's first call). */
+float dl_delta_cache_theta(const dl_delta_cache *c, int layer);
 
 #endif

@@ -1,0 +1,621 @@
+/* delta.c — DeltaLLM delta K cache and hybrid attention (../shared/DELTALLM.md).
+ *
+ * One call of dl_delta_attention() for a layer does, in order:
+ *   1. (sparsity_target only) choose the layer's theta — see choose_theta();
+ *   2. encode the n new keys of every KV head into the delta stream (closed loop against
+ *      the fp32 reference, which is advanced by the *stored* fp16 value), store V (fp16);
+ *   3. attention, split into units (KV head x tile of queries) run on the pool. A unit
+ *      sweeps keys t = 0, 1, ... once: for every row (query, head) it either takes the
+ *      exact score q.k_t or, below the row's boundary lo, the running sum R += q.Δk_t;
+ *   4. copy the new exact keys into the ring (after attention: the ring still has to
+ *      serve the keys of earlier calls while step 3 runs);
+ *   5. statistics, derived from lo and the stream offsets (not counted in the kernels).
+ *
+ * Which keys are exact, per query at position i (the boundary lo: keys sink <= t < lo are
+ * delta-scored, all others exact):
+ *   sliding (decode, and prefill by default):  lo = i - w + 1
+ *   block (prefill):                           lo = p0 + floor((i - p0) / b) * b, the
+ *       query's block, blocks of b = round(n * block_frac) tokens counted from the first
+ *       token of this call (keys of earlier calls are always outside the block)
+ *   stage with delta off ("dense"):            lo = min(p0, i - w + 1): every key of this
+ *       call and of the ring is exact. For a chunked prefill the keys of earlier chunks
+ *       older than the ring exist only as k̂, so they are delta-scored even then; with a
+ *       single prefill call "prefill dense" is exactly dense attention.
+ * lo <= sink is taken as 0 (everything exact). lo never decreases along the queries of a
+ * call, which keeps each sweep step's row ranges contiguous.
+ */
+#include "delta.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "delta_impl.h"
+#include "kernels.h"
+
+#define DL__DMAX 512         /* largest head dim the kernels' stack buffers take */
+#define DL__RING_SLACK 64    /* extra ring slots so a truncate of <= 64 tokens stays exact */
+#define DL__TILE_ROWS 64     /* rows (query x head) per unit in prefill */
+#define DL__THETA_SAMPLE 512 /* positions simulated when choosing theta */
+
+struct dl_delta_cache {
+    int n_layer, n_kv, d, n_ctx;
+    int mb;          /* mask bytes per position */
+    int ring_cap;    /* window + slack */
+    int len;         /* positions appended by the last layer */
+    dl_delta_params p;
+    dl__dhead *heads; /* [n_layer][n_kv] */
+    float *theta;     /* [n_layer]; < 0 until chosen */
+    int32_t *qlo;     /* [n_ctx] boundary per query of the current call */
+    void *map;
+    size_t map_bytes;
+    dl_delta_stats stats;
+    /* per-thread scratch, allocated on first use and when a larger pool shows up */
+    float *scratch;
+    size_t scratch_per; /* floats per thread */
+    int scratch_nth, scratch_rs;
+};
+
+/* ---------------------------------------------------------------- knobs and stats */
+
+void dl_delta_params_default(dl_delta_params *p)
+{
+    p->enabled = 1;
+    p->theta = 0.6f;           /* research code default */
+    p->sparsity_target = -1.0f; /* off: use theta */
+    p->window = 32;
+    p->sink = 0;
+    p->stages = DL_STAGE_BOTH;
+    p->prefill_mode = DL_PREFILL_SLIDING;
+    p->block_frac = 0.05f;
+}
+
+int dl_delta_params_check(const dl_delta_params *p, char *err, size_t errlen)
+{
+    const char *msg = NULL;
+    if (p->enabled != 0 && p->enabled != 1)
+        msg = "delta.enabled must be 0 or 1";
+    else if (!isfinite(p->theta) || p->theta < 0)
+        msg = "delta.theta must be a finite number >= 0";
+    else if (!(p->sparsity_target < 0) && !(p->sparsity_target >= 0 && p->sparsity_target < 1))
+        msg = "delta.sparsity_target must be in [0, 1) (or < 0 to use theta)";
+    else if (p->window < 1)
+        msg = "delta.window must be >= 1";
+    else if (p->sink < 0)
+        msg = "delta.sink must be >= 0";
+    else if (p->stages < DL_STAGE_PREFILL || p->stages > DL_STAGE_BOTH)
+        msg = "delta.stages must be prefill, decode or both";
+    else if (p->prefill_mode != DL_PREFILL_SLIDING && p->prefill_mode != DL_PREFILL_BLOCK)
+        msg = "delta.prefill_mode must be sliding or block";
+    else if (!(p->block_frac > 0 && p->block_frac <= 1))
+        msg = "delta.block_frac must be in (0, 1]";
+    if (!msg)
+        return 0;
+    if (err && errlen)
+        snprintf(err, errlen, "%s", msg);
+    return -EINVAL;
+}
+
+double dl_delta_element_sparsity(const dl_delta_stage_stats *s)
+{
+    return s->delta_elems ? (double)s->delta_zeros / (double)s->delta_elems : 0.0;
+}
+
+double dl_delta_attention_sparsity(const dl_delta_stage_stats *s)
+{
+    double exact = s->score_entries ? (double)s->exact_entries / (double)s->score_entries : 1.0;
+    return dl_delta_element_sparsity(s) * (1.0 - exact);
+}
+
+double dl_delta_qk_skipped(const dl_delta_stage_stats *s)
+{
+    if (!s->qk_macs_dense)
+        return 0.0;
+    return 1.0 - (double)s->qk_macs_done / (double)s->qk_macs_dense;
+}
+
+void dl_delta_stats_add(dl_delta_stage_stats *acc, const dl_delta_stage_stats *s)
+{
+    acc->delta_elems += s->delta_elems;
+    acc->delta_zeros += s->delta_zeros;
+    acc->score_entries += s->score_entries;
+    acc->exact_entries += s->exact_entries;
+    acc->qk_macs_dense += s->qk_macs_dense;
+    acc->qk_macs_done += s->qk_macs_done;
+}
+
+/* ---------------------------------------------------------------- the cache */
+
+static size_t align64(size_t n) { return (n + 63) & ~(size_t)63; }
+
+/* Bytes one head store reserves; with base != NULL also carves the arrays out of base. */
+static size_t head_layout(const dl_delta_cache *c, uint8_t *base, dl__dhead *h)
+{
+    size_t d = (size_t)c->d, n = (size_t)c->n_ctx, at = 0;
+#define DL__CARVE(field, type, count)                                                      \
+    do {                                                                                   \
+        if (base)                                                                          \
+            h->field = (type *)(base + at);                                                \
+        at += align64((count) * sizeof(type));                                             \
+    } while (0)
+    DL__CARVE(ref, float, d);
+    DL__CARVE(mask, uint8_t, n * (size_t)c->mb);
+    DL__CARVE(off, uint32_t, n + 1);
+    DL__CARVE(val, dl_fp16, n * d + 64); /* +64: vector loads may read past the end */
+    DL__CARVE(ring, float, (size_t)c->ring_cap * d);
+    DL__CARVE(sinkk, float, (size_t)c->p.sink * d);
+    DL__CARVE(v, dl_fp16, n * d);
+#undef DL__CARVE
+    return at;
+}
+
+static void update_bytes(dl_delta_cache *c)
+{
+    uint64_t kb = 0, n = (uint64_t)c->len, d = (uint64_t)c->d;
+    uint64_t ring = n < (uint64_t)c->ring_cap ? n : (uint64_t)c->ring_cap;
+    uint64_t sink = n < (uint64_t)c->p.sink ? n : (uint64_t)c->p.sink;
+    for (int i = 0; i < c->n_layer * c->n_kv; i++) {
+        const dl__dhead *h = &c->heads[i];
+        kb += d * 4 + n * (uint64_t)c->mb + (n + 1) * 4 + (uint64_t)h->off[n] * 2;
+        kb += (ring + sink) * d * 4;
+    }
+    uint64_t heads = (uint64_t)c->n_layer * (uint64_t)c->n_kv;
+    c->stats.k_cache_bytes = kb;
+    c->stats.k_cache_dense_bytes = heads * n * d * 2;
+    c->stats.v_cache_bytes = heads * n * d * 2;
+}
+
+dl_delta_cache *dl_delta_cache_create(int n_layer, int n_head_kv, int head_dim, int n_ctx,
+                                      const dl_delta_params *p, char *err, size_t errlen)
+{
+    if (dl_delta_params_check(p, err, errlen) != 0)
+        return NULL;
+    if (n_layer < 1 || n_head_kv < 1 || head_dim < 1 || head_dim > DL__DMAX || n_ctx < 1 ||
+        (uint64_t)n_ctx * (uint64_t)head_dim >= (1ull << 31)) {
+        snprintf(err, errlen, "delta cache: bad shape (%d layers, %d kv heads, head dim %d, "
+                 "%d positions)", n_layer, n_head_kv, head_dim, n_ctx);
+        return NULL;
+    }
+    dl_delta_cache *c = calloc(1, sizeof *c);
+    if (!c)
+        goto fail_mem;
+    c->n_layer = n_layer;
+    c->n_kv = n_head_kv;
+    c->d = head_dim;
+    c->n_ctx = n_ctx;
+    c->mb = (head_dim + 7) / 8;
+    c->p = *p;
+    c->ring_cap = p->window + DL__RING_SLACK;
+    c->heads = calloc((size_t)n_layer * (size_t)n_head_kv, sizeof *c->heads);
+    c->theta = malloc((size_t)n_layer * sizeof *c->theta);
+    c->qlo = malloc((size_t)n_ctx * sizeof *c->qlo);
+    if (!c->heads || !c->theta || !c->qlo)
+        goto fail_mem;
+    size_t per = head_layout(c, NULL, NULL);
+    c->map_bytes = per * (size_t)n_layer * (size_t)n_head_kv;
+    c->map = mmap(NULL, c->map_bytes, PROT_READ | PROT_WRITE,
+                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (c->map == MAP_FAILED) {
+        c->map = NULL;
+        snprintf(err, errlen, "delta cache: cannot reserve %zu bytes", c->map_bytes);
+        dl_delta_cache_free(c);
+        return NULL;
+    }
+    for (int i = 0; i < n_layer * n_head_kv; i++)
+        head_layout(c, (uint8_t *)c->map + (size_t)i * per, &c->heads[i]);
+    for (int l = 0; l < n_layer; l++)
+        c->theta[l] = p->sparsity_target < 0 ? p->theta : -1.0f;
+    update_bytes(c);
+    return c;
+fail_mem:
+    snprintf(err, errlen, "delta cache: out of memory");
+    dl_delta_cache_free(c);
+    return NULL;
+}
+
+void dl_delta_cache_free(dl_delta_cache *c)
+{
+    if (!c)
+        return;
+    if (c->map)
+        munmap(c->map, c->map_bytes);
+    free(c->heads);
+    free(c->theta);
+    free(c->qlo);
+    free(c->scratch);
+    free(c);
+}
+
+int dl_delta_cache_len(const dl_delta_cache *c) { return c->len; }
+
+const dl_delta_stats *dl_delta_cache_stats(const dl_delta_cache *c) { return &c->stats; }
+
+size_t dl_delta_cache_bytes(const dl_delta_cache *c)
+{
+    return (size_t)(c->stats.k_cache_bytes + c->stats.v_cache_bytes) +
+           c->scratch_per * (size_t)c->scratch_nth * sizeof(float);
+}
+
+float dl_delta_cache_theta(const dl_delta_cache *c, int layer)
+{
+    return layer >= 0 && layer < c->n_layer ? c->theta[layer] : -1.0f;
+}
+
+/* Rebuild r from the stored deltas, summing in the encoder's order so that it comes out
+ * bit-identical to the state the encoder had at position n. */
+static void rebuild_ref(const dl_delta_cache *c, dl__dhead *h, int n)
+{
+    memset(h->ref, 0, (size_t)c->d * sizeof(float));
+    for (int t = 0; t < n; t++) {
+        const uint8_t *m = h->mask + (size_t)t * c->mb;
+        const dl_fp16 *v = h->val + h->off[t];
+        for (int e = 0; e < c->d; e++)
+            if (m[e >> 3] >> (e & 7) & 1)
+                h->ref[e] += dl_fp16_to_f32(*v++);
+    }
+}
+
+int dl_delta_cache_truncate(dl_delta_cache *c, int n)
+{
+    if (n < 0 || n > c->len)
+        return -EINVAL;
+    if (n == c->len)
+        return 0;
+    for (int i = 0; i < c->n_layer * c->n_kv; i++) {
+        dl__dhead *h = &c->heads[i];
+        rebuild_ref(c, h, n);
+        /* Ring slots of positions in [n - ring_cap, n) that later positions overwrote:
+         * the exact key is gone, k̂ is the best we have (within theta of it). */
+        int old = c->len;
+        if (old - n > c->ring_cap - c->p.window) {
+            float kh[DL__DMAX] = {0};
+            int lost_from = old - c->ring_cap; /* positions below this were overwritten */
+            for (int t = 0; t < n; t++) {
+                const uint8_t *m = h->mask + (size_t)t * c->mb;
+                const dl_fp16 *v = h->val + h->off[t];
+                for (int e = 0; e < c->d; e++)
+                    if (m[e >> 3] >> (e & 7) & 1)
+                        kh[e] += dl_fp16_to_f32(*v++);
+                if (t >= n - c->ring_cap && t < lost_from)
+                    memcpy(h->ring + (size_t)(t % c->ring_cap) * c->d, kh,
+                           (size_t)c->d * sizeof(float));
+            }
+        }
+    }
+    c->len = n;
+    update_bytes(c);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- encoding */
+
+/* Stored fp16 delta for δ: clamped to the half range so that it never becomes inf. */
+static inline dl_fp16 delta_half(float delta)
+{
+    if (delta > 65504.0f)
+        delta = 65504.0f;
+    if (delta < -65504.0f)
+        delta = -65504.0f;
+    return dl_f32_to_fp16(delta);
+}
+
+/* Append n keys (row stride ks) at positions p0.. of one head store; returns the number
+ * of elements left zero. */
+static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *k, int ks,
+                            int p0, int n, float theta)
+{
+    int d = c->d;
+    uint64_t zeros = 0;
+    for (int a = 0; a < n; a++) {
+        int t = p0 + a;
+        const float *kt = k + (size_t)a * ks;
+        uint8_t *m = h->mask + (size_t)t * c->mb;
+        dl_fp16 *v = h->val + h->off[t];
+        memset(m, 0, (size_t)c->mb);
+        int stored = 0;
+        for (int e = 0; e < d; e++) {
+            float delta = kt[e] - h->ref[e];
+            if (t == 0 || fabsf(delta) > theta) { /* the first key is kept whole */
+                dl_fp16 hv = delta_half(delta);
+                h->ref[e] += dl_fp16_to_f32(hv);
+                v[stored++] = hv;
+                m[e >> 3] |= (uint8_t)(1u << (e & 7));
+            }
+        }
+        h->off[t + 1] = h->off[t] + (uint32_t)stored;
+        zeros += (uint64_t)(d - stored);
+        if (t < c->p.sink)
+            memcpy(h->sinkk + (size_t)t * d, kt, (size_t)d * sizeof(float));
+    }
+    return zeros;
+}
+
+/* Zeros the encoder would produce for this layer's keys with threshold theta (first
+ * DL__THETA_SAMPLE positions of the call, from the current references). */
+static uint64_t simulate_zeros(const dl_delta_cache *c, int layer, const float *k, int n,
+                               float theta)
+{
+    int d = c->d, ks = c->n_kv * d;
+    uint64_t zeros = 0;
+    for (int g = 0; g < c->n_kv; g++) {
+        float r[DL__DMAX];
+        memcpy(r, c->heads[layer * c->n_kv + g].ref, (size_t)d * sizeof(float));
+        for (int a = 0; a < n; a++) {
+            const float *kt = k + (size_t)a * ks + (size_t)g * d;
+            for (int e = 0; e < d; e++) {
+                float delta = kt[e] - r[e];
+                if (c->len + a == 0 || fabsf(delta) > theta)
+                    r[e] += dl_fp16_to_f32(delta_half(delta));
+                else
+                    zeros++;
+            }
+        }
+    }
+    return zeros;
+}
+
+/* sparsity_target: theta for a layer is chosen by bisection so that the closed-loop
+ * encoder, run from the current references over (a sample of) this call's keys, leaves
+ * the target share of elements zero. The share of zeros grows with theta (up to the
+ * closed loop's small non-monotonic wiggles), so 30 halvings of [0, 2 max|k - r|] land
+ * within rounding of the target. It runs on every prefill call and on the first decode
+ * call of a layer that never had one; decode steps then keep the layer's theta (a single
+ * token is too small a sample). The measured sparsity is reported in the stats. */
+static float choose_theta(const dl_delta_cache *c, int layer, const float *k, int n)
+{
+    int d = c->d, ks = c->n_kv * d;
+    if (n > DL__THETA_SAMPLE)
+        n = DL__THETA_SAMPLE;
+    float hi = 0;
+    for (int g = 0; g < c->n_kv; g++) {
+        const float *r = c->heads[layer * c->n_kv + g].ref;
+        for (int a = 0; a < n; a++)
+            for (int e = 0; e < d; e++) {
+                float x = fabsf(k[(size_t)a * ks + (size_t)g * d + e] - r[e]);
+                if (x > hi)
+                    hi = x;
+            }
+    }
+    hi = 2 * hi + 1e-6f;
+    float lo = 0;
+    uint64_t total = (uint64_t)n * (uint64_t)d * (uint64_t)c->n_kv;
+    double target = c->p.sparsity_target;
+    for (int it = 0; it < 30; it++) {
+        float mid = 0.5f * (lo + hi);
+        double s = (double)simulate_zeros(c, layer, k, n, mid) / (double)total;
+        if (s >= target)
+            hi = mid;
+        else
+            lo = mid;
+    }
+    return hi;
+}
+
+/* ---------------------------------------------------------------- attention units */
+
+typedef struct dl__dcall {
+    const dl_delta_cache *c;
+    const dl__dops *ops;
+    int n_head, G, n, p0, ta, n_tiles, dense;
+    int layer_base; /* index of the layer's first head store */
+    int rs;         /* row stride of this call's units */
+    const float *q, *k;
+    float *out;
+    const int32_t *qlo;
+    const dl_fp16 *kdense, *vdense; /* dense baseline: [kv][n_ctx][d] */
+    atomic_int next;
+} dl__dcall;
+
+static void run_unit(dl__dcall *cl, int unit, float *scr)
+{
+    const dl_delta_cache *c = cl->c;
+    int d = c->d, G = cl->G, rs = cl->rs;
+    int g = unit / cl->n_tiles, tile = unit % cl->n_tiles;
+    int a0 = tile * cl->ta, a1 = a0 + cl->ta < cl->n ? a0 + cl->ta : cl->n;
+    int rows = (a1 - a0) * G;
+    float *Qt = scr, *Q = Qt + (size_t)d * rs, *r = Q + (size_t)rs * d;
+    float *aux = r + rs, *acc = aux + rs;
+    int32_t *lo = (int32_t *)(acc + (size_t)rs * d), *hi = lo + rs;
+    float *st = (float *)(hi + rs);
+    float scale = 1.0f / sqrtf((float)d);
+    int qs = cl->n_head * d;
+
+    for (int a = a0; a < a1; a++)
+        for (int hh = 0; hh < G; hh++) {
+            int row = (a - a0) * G + hh;
+            const float *qa = cl->q + (size_t)a * qs + (size_t)(g * G + hh) * d;
+            for (int e = 0; e < d; e++) {
+                Qt[(size_t)e * rs + row] = qa[e] * scale;
+                Q[(size_t)row * d + e] = qa[e] * scale;
+            }
+            lo[row] = cl->qlo[a];
+            hi[row] = cl->p0 + a;
+        }
+    for (int row = rows; row < rs; row++)
+        for (int e = 0; e < d; e++)
+            Qt[(size_t)e * rs + row] = 0;
+
+    dl__dhead view;
+    const dl__dhead *h = &c->heads[(size_t)cl->layer_base + g];
+    if (cl->dense) {
+        view = *h;
+        view.v = (dl_fp16 *)cl->vdense + (size_t)g * c->n_ctx * d;
+        h = &view;
+    }
+    dl__dkeys keys = {
+        .d = d, .mb = c->mb, .sink = c->p.sink, .p0 = cl->p0, .ring_cap = c->ring_cap,
+        .kstride = c->n_kv * d, .kin = cl->k ? cl->k + (size_t)g * d : NULL, .h = h,
+        .kdense = cl->kdense ? cl->kdense + (size_t)g * c->n_ctx * d : NULL,
+    };
+    dl__dunit u = { .k = &keys, .rows = rows, .rs = rs, .Qt = Qt, .Q = Q, .lo = lo,
+                    .hi = hi, .st = st, .r = r, .aux = aux, .acc = acc };
+    if (cl->dense)
+        cl->ops->scores_dense(&u);
+    else
+        cl->ops->scores(&u);
+    cl->ops->softmax_pv(&u);
+    for (int a = a0; a < a1; a++)
+        for (int hh = 0; hh < G; hh++)
+            memcpy(cl->out + (size_t)a * qs + (size_t)(g * G + hh) * d,
+                   acc + (size_t)((a - a0) * G + hh) * d, (size_t)d * sizeof(float));
+}
+
+static void unit_worker(void *arg, int ith, int nth)
+{
+    dl__dcall *cl = arg;
+    float *scr = cl->c->scratch + (size_t)ith * cl->c->scratch_per;
+    int total = cl->n_tiles * cl->c->n_kv;
+    for (;;) {
+        int u = atomic_fetch_add(&cl->next, 1);
+        if (u >= total)
+            break;
+        run_unit(cl, u, scr);
+    }
+}
+
+static int round16(int x) { return (x + 15) & ~15; }
+
+/* Per-thread scratch: Qt, Q, acc (rs x d each), r, aux, lo, hi (rs each) and the score
+ * matrix (n_ctx x rs). Allocated once per cache, again only if a larger pool or group
+ * appears — never per token. */
+static int ensure_scratch(dl_delta_cache *c, int nth, int G)
+{
+    int rs = round16(G > DL__TILE_ROWS ? G : DL__TILE_ROWS);
+    if (c->scratch && c->scratch_nth >= nth && c->scratch_rs >= rs)
+        return 0;
+    size_t per = (size_t)rs * (3 * (size_t)c->d + 4 + (size_t)c->n_ctx) + 64;
+    float *s = malloc(per * (size_t)nth * sizeof(float));
+    if (!s)
+        return -ENOMEM;
+    free(c->scratch);
+    c->scratch = s;
+    c->scratch_per = per;
+    c->scratch_nth = nth;
+    c->scratch_rs = rs;
+    return 0;
+}
+
+static void run_call(dl_delta_cache *c, dl_pool *pool, dl__dcall *cl)
+{
+    cl->ta = DL__TILE_ROWS / cl->G > 1 ? DL__TILE_ROWS / cl->G : 1;
+    if (cl->ta > cl->n)
+        cl->ta = cl->n;
+    cl->rs = round16(cl->ta * cl->G);
+    cl->n_tiles = (cl->n + cl->ta - 1) / cl->ta;
+    cl->ops = dl__delta_ops(c->d);
+    atomic_init(&cl->next, 0);
+    dl_pool_run(pool, unit_worker, cl);
+}
+
+int dl_delta_attention(dl_delta_cache *c, dl_pool *pool, int layer, int n_head,
+                       const float *q, const float *k, const float *v, int n, int is_prefill,
+                       float *out)
+{
+    if (layer < 0 || layer >= c->n_layer || n < 1 || n_head < c->n_kv || n_head % c->n_kv)
+        return -EINVAL;
+    int p0 = c->len, d = c->d, ks = c->n_kv * d, G = n_head / c->n_kv;
+    if (n > c->n_ctx - p0)
+        return -ENOSPC;
+    int stage = is_prefill ? DL_STAGE_PREFILL : DL_STAGE_DECODE;
+    int on = c->p.enabled && (c->p.stages & stage);
+    if (ensure_scratch(c, pool ? dl_pool_size(pool) : 1, G) != 0)
+        return -ENOMEM;
+
+    /* 1-2: theta, then encode keys and store V */
+    if (c->p.sparsity_target >= 0 && (is_prefill || c->theta[layer] < 0))
+        c->theta[layer] = choose_theta(c, layer, k, n);
+    dl__dhead *hs = &c->heads[(size_t)layer * c->n_kv];
+    uint64_t zeros = 0;
+    for (int g = 0; g < c->n_kv; g++) {
+        zeros += encode_head(c, &hs[g], k + (size_t)g * d, ks, p0, n, c->theta[layer]);
+        for (int a = 0; a < n; a++)
+            for (int e = 0; e < d; e++)
+                hs[g].v[(size_t)(p0 + a) * d + e] =
+                    dl_f32_to_fp16(v[(size_t)a * ks + (size_t)g * d + e]);
+    }
+
+    /* 3: boundaries (see the top of this file), then the units */
+    int w = c->p.window, b = 1;
+    int block = on && is_prefill && c->p.prefill_mode == DL_PREFILL_BLOCK;
+    if (block) {
+        b = (int)lroundf((float)n * c->p.block_frac);
+        b = b < 1 ? 1 : b;
+    }
+    for (int a = 0; a < n; a++) {
+        long i = p0 + a, lo;
+        if (!on)
+            lo = i - w + 1 < p0 ? i - w + 1 : p0;
+        else if (block)
+            lo = p0 + (long)(a / b) * b;
+        else
+            lo = i - w + 1;
+        c->qlo[a] = lo <= c->p.sink ? 0 : (int32_t)lo;
+    }
+    dl__dcall cl = { .c = c, .n_head = n_head, .G = G, .n = n, .p0 = p0, .q = q, .k = k,
+                     .out = out, .qlo = c->qlo, .layer_base = layer * c->n_kv };
+    run_call(c, pool, &cl);
+
+    /* 4: the ring keeps the exact keys of the last ring_cap positions */
+    int a_first = n > c->ring_cap ? n - c->ring_cap : 0;
+    for (int g = 0; g < c->n_kv; g++)
+        for (int a = a_first; a < n; a++)
+            memcpy(hs[g].ring + (size_t)((p0 + a) % c->ring_cap) * d,
+                   k + (size_t)a * ks + (size_t)g * d, (size_t)d * sizeof(float));
+
+    /* 5: statistics */
+    dl_delta_stage_stats s = { 0 };
+    s.delta_elems = (uint64_t)n * (uint64_t)d * (uint64_t)c->n_kv;
+    s.delta_zeros = zeros;
+    for (int a = 0; a < n; a++) {
+        int32_t lo = c->qlo[a];
+        uint64_t entries = (uint64_t)p0 + (uint64_t)a + 1;
+        uint64_t exact = entries - (lo > 0 ? (uint64_t)(lo - c->p.sink) : 0);
+        s.score_entries += entries * (uint64_t)n_head;
+        s.exact_entries += exact * (uint64_t)n_head;
+        s.qk_macs_dense += entries * (uint64_t)d * (uint64_t)n_head;
+        s.qk_macs_done += exact * (uint64_t)d * (uint64_t)n_head;
+        if (lo > 0)
+            for (int g = 0; g < c->n_kv; g++)
+                s.qk_macs_done += (uint64_t)G * hs[g].off[lo];
+    }
+    dl_delta_stats_add(&c->stats.stage[is_prefill ? 0 : 1], &s);
+    if (layer == c->n_layer - 1) {
+        c->len += n;
+        update_bytes(c);
+    }
+    return 0;
+}
+
+int dl__delta_dense_attention(dl_delta_cache *c, dl_pool *pool, int n_head, const dl_fp16 *kc,
+                              const dl_fp16 *vc, int p0, int n, const float *q, float *out)
+{
+    if (n < 1 || p0 < 0 || n > c->n_ctx - p0 || n_head < c->n_kv || n_head % c->n_kv)
+        return -EINVAL;
+    int G = n_head / c->n_kv;
+    if (ensure_scratch(c, pool ? dl_pool_size(pool) : 1, G) != 0)
+        return -ENOMEM;
+    for (int a = 0; a < n; a++)
+        c->qlo[a] = 0;
+    dl__dcall cl = { .c = c, .n_head = n_head, .G = G, .n = n, .p0 = p0, .q = q,
+                     .out = out, .qlo = c->qlo, .dense = 1, .kdense = kc, .vdense = vc };
+    run_call(c, pool, &cl);
+    return 0;
+}
+
+const dl__dhead *dl__delta_head(const dl_delta_cache *c, int layer, int g)
+{
+    return &c->heads[(size_t)layer * c->n_kv + g];
+}
+
+int dl__delta_ring_cap(const dl_delta_cache *c) { return c->ring_cap; }
+
+const dl__dops *dl__delta_ops(int d)
+{
+    if (d % 16 == 0 && dl_isa_active() >= DL_ISA_AVX512)
+        return &dl__dops_avx512;
+    return &dl__dops_scalar;
+}

@@ -1,0 +1,369 @@
+/* delta_avx512.c — AVX-512 DeltaLLM attention kernels (head dim a multiple of 16).
+ * Called only after dl__delta_ops() saw AVX-512 at run time. Same row ranges as the
+ * scalar reference (delta_scalar.c); two shapes of score sweep:
+ *
+ *   >= 16 rows (prefill): vectorised over rows. For each stored delta (e, v) of key t,
+ *     D[rows] += v * Qt[e][rows] — contiguous loads, no gathers; only stored elements
+ *     cost work, so the score product shrinks with the element sparsity.
+ *   < 16 rows (decode: one query x the heads of a group): vectorised over the head dim.
+ *     Key t's packed deltas are expanded once (vcvtph2ps + vexpandps under the 16-bit
+ *     mask chunks) and dotted with every row's query; the stream is read once per KV head.
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#include "delta_impl.h"
+
+#define DL__AI static inline __attribute__((always_inline))
+
+/* Lanes of vector j (rows 16j .. 16j+15) that fall in rows [a, b). */
+static inline __mmask16 lanes(int j, int a, int b)
+{
+    int lo = a - 16 * j, hi = b - 16 * j;
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > 16 ? 16 : hi;
+    if (hi <= lo)
+        return 0;
+    return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
+}
+
+static inline void advance(const dl__dunit *u, int t, int *rc, int *rf)
+{
+    while (*rf < u->rows && u->lo[*rf] <= t)
+        (*rf)++;
+    while (u->hi[*rc] < t)
+        (*rc)++;
+}
+
+/* ---------------------------------------------------------------- many rows */
+
+/* R[0 .. 16 NV) += Σ over key t's stored deltas (e, v) of v * Qt[e][.]. Two accumulator
+ * sets alternate so that consecutive deltas do not wait on each other's FMA. */
+DL__AI void sweep_delta(const float *Qt, int rs, int d, const uint8_t *m, const dl_fp16 *val,
+                        float *R, const int NV)
+{
+    __m512 A[4], B[4];
+    for (int x = 0; x < NV; x++)
+        A[x] = B[x] = _mm512_setzero_ps();
+    const dl_fp16 *v = val;
+    int odd = 0;
+    for (int c = 0; c < d; c += 16) {
+        unsigned bits = (unsigned)m[c >> 3] | (unsigned)m[(c >> 3) + 1] << 8;
+        if (!bits)
+            continue;
+        float buf[16];
+        _mm512_storeu_ps(buf, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)v)));
+        v += __builtin_popcount(bits);
+        for (int j = 0; bits; j++, bits &= bits - 1) {
+            const float *qe = Qt + (size_t)(c + __builtin_ctz(bits)) * rs;
+            __m512 b = _mm512_set1_ps(buf[j]);
+            if (odd)
+                for (int x = 0; x < NV; x++)
+                    B[x] = _mm512_fmadd_ps(b, _mm512_loadu_ps(qe + 16 * x), B[x]);
+            else
+                for (int x = 0; x < NV; x++)
+                    A[x] = _mm512_fmadd_ps(b, _mm512_loadu_ps(qe + 16 * x), A[x]);
+            odd ^= 1;
+        }
+    }
+    for (int x = 0; x < NV; x++)
+        _mm512_storeu_ps(R + 16 * x,
+                         _mm512_add_ps(_mm512_loadu_ps(R + 16 * x), _mm512_add_ps(A[x], B[x])));
+}
+
+/* s[rows in [a, b)] = key . Qt[.][row] for the vectors j0 .. j0+NV-1. */
+DL__AI void sweep_exact(const float *Qt, int rs, int d, const float *key, float *s, int j0,
+                        int a, int b, const int NV)
+{
+    __m512 A[4], B[4];
+    for (int x = 0; x < NV; x++)
+        A[x] = B[x] = _mm512_setzero_ps();
+    const float *q = Qt + 16 * j0;
+    for (int e = 0; e < d; e += 2) {
+        __m512 k0 = _mm512_set1_ps(key[e]), k1 = _mm512_set1_ps(key[e + 1]);
+        for (int x = 0; x < NV; x++) {
+            A[x] = _mm512_fmadd_ps(k0, _mm512_loadu_ps(q + (size_t)e * rs + 16 * x), A[x]);
+            B[x] = _mm512_fmadd_ps(k1, _mm512_loadu_ps(q + (size_t)(e + 1) * rs + 16 * x), B[x]);
+        }
+    }
+    for (int x = 0; x < NV; x++)
+        _mm512_mask_storeu_ps(s + 16 * (j0 + x), lanes(j0 + x, a, b), _mm512_add_ps(A[x], B[x]));
+}
+
+static void exact_rows(const float *Qt, int rs, int d, const float *key, float *s, int a, int b)
+{
+    int j = a / 16, jend = (b + 15) / 16;
+    for (; j + 4 <= jend; j += 4)
+        sweep_exact(Qt, rs, d, key, s, j, a, b, 4);
+    switch (jend - j) {
+    case 3: sweep_exact(Qt, rs, d, key, s, j, a, b, 3); break;
+    case 2: sweep_exact(Qt, rs, d, key, s, j, a, b, 2); break;
+    case 1: sweep_exact(Qt, rs, d, key, s, j, a, b, 1); break;
+    default: break;
+    }
+}
+
+static void delta_rows(const dl__dunit *u, int t, int rf)
+{
+    const dl__dkeys *k = u->k;
+    const uint8_t *m = k->h->mask + (size_t)t * k->mb;
+    const dl_fp16 *val = k->h->val + k->h->off[t];
+    int j = rf / 16, jend = (u->rows + 15) / 16;
+    for (; j + 4 <= jend; j += 4)
+        sweep_delta(u->Qt + 16 * j, u->rs, k->d, m, val, u->r + 16 * j, 4);
+    switch (jend - j) {
+    case 3: sweep_delta(u->Qt + 16 * j, u->rs, k->d, m, val, u->r + 16 * j, 3); break;
+    case 2: sweep_delta(u->Qt + 16 * j, u->rs, k->d, m, val, u->r + 16 * j, 2); break;
+    case 1: sweep_delta(u->Qt + 16 * j, u->rs, k->d, m, val, u->r + 16 * j, 1); break;
+    default: break;
+    }
+}
+
+/* Rows [a, b) of s get v[row] (masked stores). */
+static void copy_rows(float *s, const float *v, int a, int b)
+{
+    for (int j = a / 16; j < (b + 15) / 16; j++)
+        _mm512_mask_storeu_ps(s + 16 * j, lanes(j, a, b), _mm512_loadu_ps(v + 16 * j));
+}
+
+static void fill_rows(float *s, float x, int a, int b)
+{
+    for (int j = a / 16; j < (b + 15) / 16; j++)
+        _mm512_mask_storeu_ps(s + 16 * j, lanes(j, a, b), _mm512_set1_ps(x));
+}
+
+static void scores_wide(const dl__dunit *u, int dense)
+{
+    const dl__dkeys *k = u->k;
+    int d = k->d, rs = u->rs, rows = u->rows, tend = u->hi[rows - 1];
+    int rc = 0, rf = dense ? rows : 0;
+    float kbuf[512];
+    for (int r = 0; r < rs; r++)
+        u->r[r] = 0;
+    for (int t = 0; t <= tend; t++) {
+        if (!dense)
+            advance(u, t, &rc, &rf);
+        else
+            while (u->hi[rc] < t)
+                rc++;
+        float *s = u->st + (size_t)t * rs;
+        if (rf < rows)
+            delta_rows(u, t, rf);
+        int ex_end = t < k->sink ? rows : rf;
+        if (ex_end > rc) {
+            const float *key;
+            if (dense) {
+                const dl_fp16 *kh = k->kdense + (size_t)t * d;
+                for (int e = 0; e < d; e += 16)
+                    _mm512_storeu_ps(kbuf + e, _mm512_cvtph_ps(
+                                                   _mm256_loadu_si256((const __m256i *)(kh + e))));
+                key = kbuf;
+            } else {
+                key = dl__exact_key(k, t);
+            }
+            exact_rows(u->Qt, rs, d, key, s, rc, ex_end);
+        }
+        if (t >= k->sink && rf < rows)
+            copy_rows(s, u->r, rf, rows);
+        if (rc > 0)
+            fill_rows(s, -INFINITY, 0, rc);
+    }
+}
+
+/* ---------------------------------------------------------------- few rows */
+
+static inline float dot_rows(const float *q, const __m512 *x, int nv)
+{
+    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(q), x[0]);
+    for (int c = 1; c < nv; c++)
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), x[c], a);
+    return _mm512_reduce_add_ps(a);
+}
+
+/* Few rows: per key, the delta dot of each row is written into the score matrix (keys at
+ * or after sink) and the running sums are formed afterwards in one pass vectorised over
+ * rows, so that no key waits on the previous key's sum. */
+static void scores_narrow(const dl__dunit *u, int dense)
+{
+    const dl__dkeys *k = u->k;
+    int d = k->d, nv = d / 16, rs = u->rs, rows = u->rows, tend = u->hi[rows - 1];
+    int rc = 0, rf = dense ? rows : 0;
+    __m512 x[32];
+    for (int r = 0; r < rs; r++)
+        u->r[r] = 0;
+    for (int t = 0; t <= tend; t++) {
+        if (!dense)
+            advance(u, t, &rc, &rf);
+        else
+            while (u->hi[rc] < t)
+                rc++;
+        float *s = u->st + (size_t)t * rs;
+        if (rf < rows) {
+            const uint8_t *m = k->h->mask + (size_t)t * k->mb;
+            const dl_fp16 *v = k->h->val + k->h->off[t];
+            for (int c = 0; c < nv; c++) {
+                unsigned bits = (unsigned)m[2 * c] | (unsigned)m[2 * c + 1] << 8;
+                x[c] = _mm512_maskz_expand_ps(
+                    (__mmask16)bits, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)v)));
+                v += __builtin_popcount(bits);
+            }
+            if (t < k->sink)
+                for (int r = rf; r < rows; r++)
+                    u->r[r] += dot_rows(u->Q + (size_t)r * d, x, nv);
+            else
+                for (int r = rf; r < rows; r++)
+                    s[r] = dot_rows(u->Q + (size_t)r * d, x, nv);
+        }
+        int ex_end = t < k->sink ? rows : rf;
+        if (ex_end > rc) {
+            if (dense) {
+                const dl_fp16 *kh = k->kdense + (size_t)t * d;
+                for (int c = 0; c < nv; c++)
+                    x[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kh + 16 * c)));
+            } else {
+                const float *key = dl__exact_key(k, t);
+                for (int c = 0; c < nv; c++)
+                    x[c] = _mm512_loadu_ps(key + 16 * c);
+            }
+            for (int r = rc; r < ex_end; r++)
+                s[r] = dot_rows(u->Q + (size_t)r * d, x, nv);
+        }
+        for (int r = 0; r < rc; r++)
+            s[r] = -INFINITY;
+    }
+    if (dense || u->lo[rows - 1] <= k->sink)
+        return;
+    /* running sums: rows [rf, rows) at key t hold q.Δk_t; replace them by R */
+    __m512 R = _mm512_loadu_ps(u->r);
+    rf = 0;
+    for (int t = 0; t < u->lo[rows - 1]; t++) {
+        while (rf < rows && u->lo[rf] <= t)
+            rf++;
+        if (t < k->sink)
+            continue;
+        __mmask16 dm = lanes(0, rf, rows);
+        float *s = u->st + (size_t)t * rs;
+        R = _mm512_add_ps(R, _mm512_maskz_loadu_ps(dm, s));
+        _mm512_mask_storeu_ps(s, dm, R);
+    }
+}
+
+static void scores_avx512(const dl__dunit *u)
+{
+    if (u->rows >= 16)
+        scores_wide(u, 0);
+    else
+        scores_narrow(u, 0);
+}
+
+static void scores_dense_avx512(const dl__dunit *u)
+{
+    if (u->rows >= 16)
+        scores_wide(u, 1);
+    else
+        scores_narrow(u, 1);
+}
+
+/* ---------------------------------------------------------------- softmax and P.V */
+
+/* e^x for x <= 0 (softmax arguments): range reduction by ln 2 and a degree-6 Taylor
+ * polynomial on [-ln2/2, ln2/2] (relative error ~1e-7); x < -87 (incl. -inf) gives 0. */
+static inline __m512 exp_neg(__m512 x)
+{
+    __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_scalef_ps(keep, p, n);
+}
+
+/* Probabilities in place (vectorised over rows), aux = 1 / row sum. */
+static void softmax_rows(const dl__dunit *u)
+{
+    int rs = u->rs, rows = u->rows;
+    for (int j = 0; j * 16 < rows; j++) {
+        __mmask16 lm = lanes(j, 0, rows);
+        int last = 16 * j + 15 < rows - 1 ? 16 * j + 15 : rows - 1;
+        int tend = u->hi[last];
+        float *s = u->st + 16 * j;
+        __m512 m = _mm512_set1_ps(-INFINITY);
+        for (int t = 0; t <= tend; t++)
+            m = _mm512_max_ps(m, _mm512_maskz_loadu_ps(lm, s + (size_t)t * rs));
+        __m512 sum = _mm512_setzero_ps();
+        for (int t = 0; t <= tend; t++) {
+            __m512 p = exp_neg(_mm512_sub_ps(_mm512_maskz_loadu_ps(lm, s + (size_t)t * rs), m));
+            _mm512_mask_storeu_ps(s + (size_t)t * rs, lm, p);
+            sum = _mm512_add_ps(sum, p);
+        }
+        _mm512_mask_storeu_ps(u->aux + 16 * j, lm,
+                              _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_mask_mov_ps(
+                                  _mm512_set1_ps(1.0f), lm, sum)));
+    }
+}
+
+/* acc[r0 .. r0+NR)[c0 .. c0+16 NVD) = Σ_t p[t][r] V[t] * aux[r]; register-blocked so each V
+ * chunk is converted once per NR rows. Entries past a row's own position are 0. */
+DL__AI void pv_block(const dl__dunit *u, int r0, int c0, const int NR, const int NVD)
+{
+    int d = u->k->d, rs = u->rs, tend = u->hi[r0 + NR - 1];
+    const dl_fp16 *v = u->k->h->v + c0;
+    __m512 A[4][4];
+    for (int i = 0; i < NR; i++)
+        for (int x = 0; x < NVD; x++)
+            A[i][x] = _mm512_setzero_ps();
+    for (int t = 0; t <= tend; t++) {
+        __m512 vv[4];
+        for (int x = 0; x < NVD; x++)
+            vv[x] = _mm512_cvtph_ps(
+                _mm256_loadu_si256((const __m256i *)(v + (size_t)t * d + 16 * x)));
+        const float *p = u->st + (size_t)t * rs + r0;
+        for (int i = 0; i < NR; i++) {
+            __m512 b = _mm512_set1_ps(p[i]);
+            for (int x = 0; x < NVD; x++)
+                A[i][x] = _mm512_fmadd_ps(b, vv[x], A[i][x]);
+        }
+    }
+    for (int i = 0; i < NR; i++) {
+        __m512 sc = _mm512_set1_ps(u->aux[r0 + i]);
+        for (int x = 0; x < NVD; x++)
+            _mm512_storeu_ps(u->acc + (size_t)(r0 + i) * d + c0 + 16 * x,
+                             _mm512_mul_ps(A[i][x], sc));
+    }
+}
+
+static void pv_rows(const dl__dunit *u, int r0, int nr, int c0, int nvd)
+{
+    if (nr == 4 && nvd == 4) {
+        pv_block(u, r0, c0, 4, 4);
+        return;
+    }
+    for (int i = 0; i < nr; i++)
+        for (int x = 0; x < nvd; x++)
+            pv_block(u, r0 + i, c0 + 16 * x, 1, 1);
+}
+
+static void softmax_pv_avx512(const dl__dunit *u)
+{
+    int d = u->k->d;
+    softmax_rows(u);
+    for (int r0 = 0; r0 < u->rows; r0 += 4) {
+        int nr = u->rows - r0 < 4 ? u->rows - r0 : 4;
+        for (int c0 = 0; c0 < d; c0 += 64)
+            pv_rows(u, r0, nr, c0, (d - c0) / 16 < 4 ? (d - c0) / 16 : 4);
+    }
+}
+
+const dl__dops dl__dops_avx512 = {
+    .scores = scores_avx512,
+    .scores_dense = scores_dense_avx512,
+    .softmax_pv = softmax_pv_avx512,
+};

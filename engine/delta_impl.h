@@ -1,0 +1,103 @@
+/* delta_impl.h — internal to DeltaLLM attention: the cache layout and the per-ISA kernels.
+ *
+ * Per layer and KV head (a "head store"):
+ *   ref   [d] fp32          reference state r_t after the last appended position
+ *   mask  [n_ctx][mb] bits  bit e of position t set = element e of Δk_t is stored
+ *   off   [n_ctx + 1]       off[t] = index in val of position t's first stored value;
+ *                           off[t] is also the number of values stored before t
+ *   val   fp16              the stored (nonzero) deltas, position after position
+ *   ring  [ring_cap][d]     exact fp32 keys of the last ring_cap positions, slot t % ring_cap
+ *   sinkk [sink][d]         exact fp32 keys of the first `sink` positions
+ *   v     [n_ctx][d] fp16   dense V
+ * All arrays live in one mmap(MAP_NORESERVE) reservation made at create time for the
+ * worst case (every element stored); only touched pages become memory, and the byte
+ * counters report what is used, so appending never allocates.
+ *
+ * Attention works on "units": one KV head and a tile of queries. A unit's rows are
+ * (query, head of the group) pairs, query-major, so that along the key sweep the rows
+ * that still need something form a contiguous range (see delta.c).
+ */
+#ifndef DL_DELTA_IMPL_H
+#define DL_DELTA_IMPL_H
+
+#include <stdint.h>
+
+#include "delta.h"
+#include "quant.h"
+
+typedef struct dl__dhead {
+    float *ref;
+    uint8_t *mask;
+    uint32_t *off;
+    dl_fp16 *val;
+    float *ring;
+    float *sinkk;
+    dl_fp16 *v;
+} dl__dhead;
+
+/* Where a unit's exact keys come from, and its delta stream. */
+typedef struct dl__dkeys {
+    int d;              /* head dim */
+    int mb;             /* mask bytes per position */
+    int sink;           /* positions < sink: exact from sinkk */
+    int p0;             /* first position of this call; >= p0: from kin */
+    int ring_cap;       /* older exact keys: ring slot t % ring_cap */
+    int kstride;        /* floats between consecutive positions in kin */
+    const float *kin;   /* keys of this call for this KV head (row t - p0) */
+    const dl__dhead *h; /* the head store (delta stream, ring, sink, V) */
+    const dl_fp16 *kdense; /* dense-baseline only: fp16 keys [t][d], else NULL */
+} dl__dkeys;
+
+/* One unit of attention work.
+ *   Qt  [d][rs] queries (pre-scaled by 1/sqrt(d)) transposed: row r is column r
+ *   Q   [rows][d] the same queries row-major (for the few-row decode kernels)
+ *   lo  [rows]  keys sink <= t < lo[r] are scored from the delta stream, the others
+ *               exactly; lo[r] == 0 means all exact. Nondecreasing in r.
+ *   hi  [rows]  last key (the query's own position). Nondecreasing in r.
+ *   st  [hi[rows-1] + 1][rs] scores, then probabilities
+ *   r   [rs]    running sums R_r
+ *   aux [rs]    kernel scratch
+ *   acc [rows][d] output accumulators */
+typedef struct dl__dunit {
+    const dl__dkeys *k;
+    int rows, rs;
+    const float *Qt, *Q;
+    const int32_t *lo, *hi;
+    float *st, *r, *aux, *acc;
+} dl__dunit;
+
+/* The per-ISA kernels. scores fills u->st for all t <= hi[rows-1] (causally masked
+ * entries -inf); softmax_pv turns them into acc rows normalised by the softmax sum. */
+typedef struct dl__dops {
+    void (*scores)(const dl__dunit *u);
+    void (*scores_dense)(const dl__dunit *u); /* every key exact, from k->kdense */
+    void (*softmax_pv)(const dl__dunit *u);
+} dl__dops;
+
+extern const dl__dops dl__dops_scalar;
+extern const dl__dops dl__dops_avx512;
+
+/* Source of the exact key of position t for a unit (sink, this call, or the ring). */
+static inline const float *dl__exact_key(const dl__dkeys *k, int t)
+{
+    if (t < k->sink)
+        return k->h->sinkk + (size_t)t * k->d;
+    if (t >= k->p0)
+        return k->kin + (size_t)(t - k->p0) * k->kstride;
+    return k->h->ring + (size_t)(t % k->ring_cap) * k->d;
+}
+
+/* Dense baseline over fp16 K/V laid out [kv][n_ctx][d] (the bench's comparison), run
+ * through the same units, softmax and P.V as delta attention; c gives the shape and the
+ * scratch. Queries at positions p0..p0+n-1. */
+int dl__delta_dense_attention(dl_delta_cache *c, dl_pool *pool, int n_head, const dl_fp16 *kc,
+                              const dl_fp16 *vc, int p0, int n, const float *q, float *out);
+
+/* A head store (for tests and the bench): layer l, KV head g. */
+const dl__dhead *dl__delta_head(const dl_delta_cache *c, int layer, int g);
+int dl__delta_ring_cap(const dl_delta_cache *c);
+
+/* The kernels in use for head dim d (AVX-512 needs d % 16 == 0). */
+const dl__dops *dl__delta_ops(int d);
+
+#endif

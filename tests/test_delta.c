@@ -1,0 +1,574 @@
+/* test_delta.c — DeltaLLM delta cache and hybrid attention against an independent oracle.
+ *
+ * The oracle re-encodes the keys itself (closed loop, fp16-rounded stored deltas), builds
+ * k̂ densely, picks per (query, key) the exact key or k̂ by the rules of delta.c and runs
+ * ordinary softmax attention in double over fp16-rounded V. Every case runs on each
+ * kernel path the machine has (scalar, AVX-512).
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "delta.h"
+#include "delta_impl.h"
+#include "kernels.h"
+#include "pool.h"
+#include "quant.h"
+#include "testutil.h"
+
+/* ---------------------------------------------------------------- data */
+
+static uint64_t rng_state;
+static double urand(void)
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (double)(rng_state >> 11) * 0x1p-53;
+}
+static float nrand(void)
+{
+    double u = urand() + 1e-12, v = urand();
+    return (float)(sqrt(-2 * log(u)) * cos(2 * M_PI * v));
+}
+
+/* A problem: n_layer x n_kv random-walk keys, random values and queries, T positions. */
+typedef struct prob {
+    int n_layer, n_kv, G, d, T;
+    float *k, *v, *q; /* [layer][T][n_kv*d], [layer][T][n_kv*d], [layer][T][n_head*d] */
+} prob;
+
+static void prob_make(prob *p, int n_layer, int n_kv, int G, int d, int T, float step,
+                      uint64_t seed)
+{
+    p->n_layer = n_layer, p->n_kv = n_kv, p->G = G, p->d = d, p->T = T;
+    size_t kn = (size_t)n_layer * T * n_kv * d, qn = (size_t)n_layer * T * n_kv * G * d;
+    p->k = malloc(kn * sizeof(float));
+    p->v = malloc(kn * sizeof(float));
+    p->q = malloc(qn * sizeof(float));
+    rng_state = seed;
+    for (int l = 0; l < n_layer; l++)
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < n_kv * d; i++) {
+                size_t at = ((size_t)l * T + t) * n_kv * d + i;
+                p->k[at] = t == 0 ? nrand() : p->k[at - (size_t)n_kv * d] + step * nrand();
+                p->v[at] = nrand();
+            }
+    for (size_t i = 0; i < qn; i++)
+        p->q[i] = nrand();
+}
+
+static void prob_free(prob *p)
+{
+    free(p->k);
+    free(p->v);
+    free(p->q);
+}
+
+static const float *pk(const prob *p, int l, int t) { return p->k + ((size_t)l * p->T + t) * p->n_kv * p->d; }
+static const float *pv(const prob *p, int l, int t) { return p->v + ((size_t)l * p->T + t) * p->n_kv * p->d; }
+static const float *pq(const prob *p, int l, int t) { return p->q + ((size_t)l * p->T + t) * p->n_kv * p->G * p->d; }
+
+/* ---------------------------------------------------------------- oracle */
+
+static float r16(float x) { return dl_fp16_to_f32(dl_f32_to_fp16(x)); }
+
+/* k̂ for layer l, all positions, given the theta used by each call (theta_at[t]). */
+static void oracle_khat(const prob *p, int l, const float *theta_at, float *khat)
+{
+    int w = p->n_kv * p->d;
+    float *r = calloc((size_t)w, sizeof(float));
+    for (int t = 0; t < p->T; t++) {
+        const float *k = pk(p, l, t);
+        for (int i = 0; i < w; i++) {
+            float delta = k[i] - r[i];
+            if (t == 0 || fabsf(delta) > theta_at[t])
+                r[i] += r16(delta);
+            khat[(size_t)t * w + i] = r[i];
+        }
+    }
+    free(r);
+}
+
+/* lo for query position i of a call starting at p0 with n tokens (delta.c's rules). */
+static int oracle_lo(const dl_delta_params *dp, int on, int is_prefill, int p0, int n, int i)
+{
+    long lo;
+    if (!on)
+        lo = i - dp->window + 1 < p0 ? i - dp->window + 1 : p0;
+    else if (is_prefill && dp->prefill_mode == DL_PREFILL_BLOCK) {
+        int b = (int)lroundf((float)n * dp->block_frac);
+        b = b < 1 ? 1 : b;
+        lo = p0 + (long)((i - p0) / b) * b;
+    } else
+        lo = i - dp->window + 1;
+    return lo <= dp->sink ? 0 : (int)lo;
+}
+
+/* Output of query i (layer l) with keys exact outside [sink, lo). */
+static void oracle_out(const prob *p, int l, const float *khat, int i, int lo, int sink,
+                       int exact_all, double *out)
+{
+    int d = p->d, w = p->n_kv * d, nh = p->n_kv * p->G;
+    double *s = malloc((size_t)(i + 1) * sizeof(double));
+    for (int h = 0; h < nh; h++) {
+        int g = h / p->G;
+        const float *q = pq(p, l, i) + (size_t)h * d;
+        double m = -INFINITY, sum = 0;
+        for (int t = 0; t <= i; t++) {
+            int delta = !exact_all && lo > 0 && t >= sink && t < lo;
+            const float *k = delta ? khat + (size_t)t * w + g * d : pk(p, l, t) + g * d;
+            double acc = 0;
+            for (int e = 0; e < d; e++)
+                acc += (double)q[e] * k[e];
+            s[t] = acc / sqrt((double)d);
+            m = fmax(m, s[t]);
+        }
+        for (int t = 0; t <= i; t++)
+            sum += s[t] = exp(s[t] - m);
+        for (int e = 0; e < d; e++) {
+            double acc = 0;
+            for (int t = 0; t <= i; t++)
+                acc += s[t] * r16(pv(p, l, t)[g * d + e]);
+            out[(size_t)h * d + e] = acc / sum;
+        }
+    }
+    free(s);
+}
+
+/* ---------------------------------------------------------------- runner */
+
+/* Run `prob` through a delta cache in calls of sizes chunks[] (the first n_prefill calls
+ * are prefill, the rest decode) and compare every output with the oracle. Returns the
+ * largest absolute error. exact_all: compare with plain dense attention instead. */
+static double run_case(const prob *p, const dl_delta_params *dp, const int *chunks,
+                       int n_calls, int n_prefill, int exact_all, dl_pool *pool)
+{
+    char err[128];
+    int nh = p->n_kv * p->G, d = p->d;
+    dl_delta_cache *c = dl_delta_cache_create(p->n_layer, p->n_kv, d, p->T, dp, err, sizeof err);
+    ck_assert_msg(c != NULL, "%s", err);
+    float *out = malloc((size_t)p->T * nh * d * sizeof(float));
+    double *ref = malloc((size_t)nh * d * sizeof(double));
+    float *theta_at = malloc((size_t)p->n_layer * p->T * sizeof(float));
+    /* positions and calls */
+    int *call_p0 = malloc((size_t)n_calls * sizeof(int));
+    float *kh = malloc((size_t)p->T * p->n_kv * d * sizeof(float));
+    double maxerr = 0;
+    int pos = 0;
+    for (int ci = 0; ci < n_calls; ci++) {
+        int n = chunks[ci], is_prefill = ci < n_prefill;
+        call_p0[ci] = pos;
+        for (int l = 0; l < p->n_layer; l++) {
+            int rc = dl_delta_attention(c, pool, l, nh, pq(p, l, pos), pk(p, l, pos),
+                                        pv(p, l, pos), n, is_prefill,
+                                        out + (size_t)pos * nh * d);
+            ck_assert_int_eq(rc, 0);
+            for (int a = 0; a < n; a++)
+                theta_at[(size_t)l * p->T + pos + a] = dl_delta_cache_theta(c, l);
+        }
+        pos += n;
+        ck_assert_int_eq(dl_delta_cache_len(c), pos);
+    }
+    /* Every layer writes the same output rows, so what is left is the last layer's
+     * (its keys differ from the others', which checks the per-layer indexing). */
+    int l = p->n_layer - 1;
+    oracle_khat(p, l, theta_at + (size_t)l * p->T, kh);
+    for (int ci = 0; ci < n_calls; ci++) {
+        int n = chunks[ci], is_prefill = ci < n_prefill, p0 = call_p0[ci];
+        int on = dp->enabled && (dp->stages & (is_prefill ? DL_STAGE_PREFILL : DL_STAGE_DECODE));
+        for (int a = 0; a < n; a++) {
+            int i = p0 + a;
+            int lo = oracle_lo(dp, on, is_prefill, p0, n, i);
+            oracle_out(p, l, kh, i, lo, dp->sink, exact_all, ref);
+            for (int x = 0; x < nh * d; x++) {
+                double e = fabs(ref[x] - out[(size_t)i * nh * d + x]);
+                maxerr = e > maxerr ? e : maxerr;
+            }
+        }
+    }
+    free(out);
+    free(ref);
+    free(theta_at);
+    free(call_p0);
+    free(kh);
+    dl_delta_cache_free(c);
+    return maxerr;
+}
+
+static const enum dl_isa isas[] = { DL_ISA_SCALAR, DL_ISA_AVX512 };
+
+static int isa_available(enum dl_isa isa) { return dl_isa_detect() >= isa; }
+
+/* ---------------------------------------------------------------- tests */
+
+START_TEST(test_params)
+{
+    dl_delta_params p;
+    char err[128];
+    dl_delta_params_default(&p);
+    ck_assert_int_eq(dl_delta_params_check(&p, err, sizeof err), 0);
+    dl_delta_params q;
+    q = p, q.window = 0;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "delta.window must be >= 1"));
+    q = p, q.theta = -1;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "delta.theta"));
+    q = p, q.theta = NAN;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "delta.theta"));
+    q = p, q.sparsity_target = 1.0f;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "delta.sparsity_target"));
+    q = p, q.sink = -1;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "delta.sink"));
+    q = p, q.stages = 0;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "delta.stages"));
+    q = p, q.prefill_mode = 2;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "delta.prefill_mode"));
+    q = p, q.block_frac = 0;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "delta.block_frac"));
+    q = p, q.block_frac = 1.5f;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    q = p, q.enabled = 2;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "delta.enabled"));
+    q = p, q.sparsity_target = 0.5f;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), 0);
+    /* create refuses bad knobs with the same message */
+    q = p, q.window = 0;
+    ck_assert_ptr_null(dl_delta_cache_create(1, 1, 16, 8, &q, err, sizeof err));
+    ck_assert_ptr_nonnull(strstr(err, "delta.window"));
+}
+END_TEST
+
+START_TEST(test_stats_arith)
+{
+    dl_delta_stage_stats s = { .delta_elems = 1000, .delta_zeros = 600, .score_entries = 200,
+                               .exact_entries = 50, .qk_macs_dense = 12800,
+                               .qk_macs_done = 5000 };
+    ck_assert(fabs(dl_delta_element_sparsity(&s) - 0.6) < 1e-12);
+    ck_assert(fabs(dl_delta_attention_sparsity(&s) - 0.6 * 0.75) < 1e-12);
+    ck_assert(fabs(dl_delta_qk_skipped(&s) - (1 - 5000.0 / 12800)) < 1e-12);
+    dl_delta_stage_stats acc = s;
+    dl_delta_stats_add(&acc, &s);
+    ck_assert_uint_eq(acc.delta_zeros, 1200);
+    ck_assert_uint_eq(acc.qk_macs_done, 10000);
+    dl_delta_stage_stats z = { 0 };
+    ck_assert(dl_delta_element_sparsity(&z) == 0 && dl_delta_qk_skipped(&z) == 0);
+}
+END_TEST
+
+/* Acceptance 1: oracle, sliding prefill + decode, windows from 1 to beyond the context,
+ * several sinks and GQA ratios; on every ISA. */
+START_TEST(test_oracle_sliding)
+{
+    static const int windows[] = { 1, 3, 16, 200 };
+    static const int sinks[] = { 0, 1, 5 };
+    static const int groups[] = { 1, 4 };
+    for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
+        if (!isa_available(isas[ii]))
+            continue;
+        dl_isa_force(isas[ii]);
+        for (size_t gi = 0; gi < 2; gi++) {
+            prob p;
+            prob_make(&p, 2, 2, groups[gi], 32, 60, 0.15f, 11 + gi);
+            for (size_t wi = 0; wi < 4; wi++)
+                for (size_t si = 0; si < 3; si++) {
+                    dl_delta_params dp;
+                    dl_delta_params_default(&dp);
+                    dp.theta = 0.2f;
+                    dp.window = windows[wi];
+                    dp.sink = sinks[si];
+                    int chunks[1 + 20] = { 40 };
+                    for (int i = 1; i <= 20; i++)
+                        chunks[i] = 1;
+                    double e = run_case(&p, &dp, chunks, 21, 1, 0, NULL);
+                    ck_assert_msg(e < 2e-4, "isa %d G %d w %d sink %d: err %g", isas[ii],
+                                  groups[gi], windows[wi], sinks[si], e);
+                }
+            prob_free(&p);
+        }
+    }
+    dl_isa_force(dl_isa_detect());
+}
+END_TEST
+
+/* Block prefill, chunked prefill, stage knobs, odd head dims, with a pool. */
+START_TEST(test_oracle_modes)
+{
+    dl_pool *pool = dl_pool_create(2);
+    for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
+        if (!isa_available(isas[ii]))
+            continue;
+        dl_isa_force(isas[ii]);
+        prob p;
+        prob_make(&p, 1, 2, 2, 64, 150, 0.1f, 7);
+        dl_delta_params dp;
+        dl_delta_params_default(&dp);
+        dp.theta = 0.15f;
+        dp.window = 8;
+        dp.sink = 2;
+        int one[] = { 120, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 };
+        /* block mode, one prefill call */
+        dp.prefill_mode = DL_PREFILL_BLOCK;
+        dp.block_frac = 0.1f;
+        double e = run_case(&p, &dp, one, 11, 1, 0, pool);
+        ck_assert_msg(e < 2e-4, "block: %g", e);
+        /* block mode, chunked */
+        int chunks[] = { 50, 37, 33, 1, 1, 1, 1, 1 };
+        e = run_case(&p, &dp, chunks, 8, 3, 0, pool);
+        ck_assert_msg(e < 2e-4, "block chunked: %g", e);
+        /* sliding chunked, with decode of several tokens per call */
+        dp.prefill_mode = DL_PREFILL_SLIDING;
+        int chunks2[] = { 17, 64, 39, 3, 5, 1, 1 };
+        e = run_case(&p, &dp, chunks2, 7, 3, 0, pool);
+        ck_assert_msg(e < 2e-4, "sliding chunked: %g", e);
+        /* stage knobs: delta only in decode (prefill exact), only in prefill */
+        dp.stages = DL_STAGE_DECODE;
+        e = run_case(&p, &dp, chunks2, 7, 3, 0, pool);
+        ck_assert_msg(e < 2e-4, "stages=decode: %g", e);
+        dp.stages = DL_STAGE_PREFILL;
+        e = run_case(&p, &dp, chunks2, 7, 3, 0, pool);
+        ck_assert_msg(e < 2e-4, "stages=prefill: %g", e);
+        /* disabled: exact wherever the exact keys exist; one prefill call = dense */
+        dp.stages = DL_STAGE_BOTH;
+        dp.enabled = 0;
+        dp.window = 150;
+        e = run_case(&p, &dp, one, 11, 1, 1, pool);
+        ck_assert_msg(e < 2e-4, "disabled vs dense: %g", e);
+        prob_free(&p);
+        /* head dim not a multiple of 16 (scalar kernels whatever the ISA), G = 3 */
+        prob_make(&p, 1, 1, 3, 8, 40, 0.1f, 9);
+        dl_delta_params_default(&dp);
+        dp.theta = 0.1f;
+        dp.window = 4;
+        int c3[] = { 30, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 };
+        e = run_case(&p, &dp, c3, 11, 1, 0, pool);
+        ck_assert_msg(e < 2e-4, "d=8: %g", e);
+        prob_free(&p);
+    }
+    dl_isa_force(dl_isa_detect());
+    dl_pool_free(pool);
+}
+END_TEST
+
+/* theta = 0 equals plain dense attention (up to the fp16 rounding of stored deltas). */
+START_TEST(test_theta_zero_dense)
+{
+    for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
+        if (!isa_available(isas[ii]))
+            continue;
+        dl_isa_force(isas[ii]);
+        prob p;
+        prob_make(&p, 1, 2, 4, 16, 70, 0.2f, 3);
+        dl_delta_params dp;
+        dl_delta_params_default(&dp);
+        dp.theta = 0;
+        dp.window = 2;
+        int chunks[] = { 60, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 };
+        double e = run_case(&p, &dp, chunks, 11, 1, 1, NULL);
+        ck_assert_msg(e < 3e-3, "theta 0 vs dense: %g", e);
+        prob_free(&p);
+    }
+    dl_isa_force(dl_isa_detect());
+}
+END_TEST
+
+/* Sum of the stored deltas of head h up to position n, in the encoder's order. */
+static void sum_deltas(const dl__dhead *h, int d, int n, float *out)
+{
+    int mb = (d + 7) / 8;
+    memset(out, 0, (size_t)d * sizeof(float));
+    for (int t = 0; t < n; t++) {
+        const dl_fp16 *v = h->val + h->off[t];
+        for (int e = 0; e < d; e++)
+            if (h->mask[(size_t)t * mb + e / 8] >> (e % 8) & 1)
+                out[e] += dl_fp16_to_f32(*v++);
+    }
+}
+
+/* Acceptance 2: prefill, then 100 decode steps; reference == sum of stored deltas bit for
+ * bit at every step; |k̂ - k| <= theta (plus the fp16 rounding of a stored delta). */
+START_TEST(test_closed_loop)
+{
+    prob p;
+    int d = 32, n_kv = 2, G = 2, nh = n_kv * G;
+    prob_make(&p, 1, n_kv, G, d, 150, 0.2f, 5);
+    dl_delta_params dp;
+    dl_delta_params_default(&dp);
+    dp.theta = 0.25f;
+    dp.window = 4;
+    char err[128];
+    dl_delta_cache *c = dl_delta_cache_create(1, n_kv, d, p.T, &dp, err, sizeof err);
+    ck_assert_ptr_nonnull(c);
+    float *out = malloc((size_t)50 * nh * d * sizeof(float));
+    float sum[64], kh[64];
+    ck_assert_int_eq(dl_delta_attention(c, NULL, 0, nh, pq(&p, 0, 0), pk(&p, 0, 0),
+                                        pv(&p, 0, 0), 50, 1, out), 0);
+    uint64_t stored = 0;
+    for (int t = 50; t <= 150; t++) {
+        for (int g = 0; g < n_kv; g++) {
+            const dl__dhead *h = dl__delta_head(c, 0, g);
+            sum_deltas(h, d, t, sum);
+            ck_assert_mem_eq(sum, h->ref, (size_t)d * sizeof(float));
+            /* k̂ of the last position is the reference; check every element's error */
+            memcpy(kh, h->ref, sizeof kh);
+            const float *k = pk(&p, 0, t - 1) + g * d;
+            for (int e = 0; e < d; e++)
+                ck_assert_msg(fabsf(kh[e] - k[e]) <= dp.theta + 1e-3f * (1 + fabsf(k[e])),
+                              "t %d e %d: |%g - %g| > theta", t, e, kh[e], k[e]);
+            stored = h->off[t];
+        }
+        if (t < 150)
+            ck_assert_int_eq(dl_delta_attention(c, NULL, 0, nh, pq(&p, 0, t), pk(&p, 0, t),
+                                                pv(&p, 0, t), 1, 0, out), 0);
+    }
+    ck_assert_uint_gt(stored, 0);
+    /* and the stats count what the stream holds */
+    const dl_delta_stats *st = dl_delta_cache_stats(c);
+    uint64_t nz = 0;
+    for (int g = 0; g < n_kv; g++)
+        nz += dl__delta_head(c, 0, g)->off[150];
+    ck_assert_uint_eq(st->stage[0].delta_elems + st->stage[1].delta_elems, 150ull * d * n_kv);
+    ck_assert_uint_eq(st->stage[0].delta_zeros + st->stage[1].delta_zeros,
+                      150ull * d * n_kv - nz);
+    ck_assert_uint_eq(st->stage[1].delta_elems, 100ull * d * n_kv);
+    /* score entries: every query head, every causal key */
+    ck_assert_uint_eq(st->stage[0].score_entries, (uint64_t)nh * 50 * 51 / 2);
+    /* decode, window 4, sink 0: a query at i has min(i + 1, 4) exact keys */
+    ck_assert_uint_eq(st->stage[1].exact_entries, (uint64_t)nh * 100 * 4);
+    ck_assert_uint_eq(st->stage[1].qk_macs_dense, (uint64_t)d * st->stage[1].score_entries);
+    ck_assert(st->stage[1].qk_macs_done < st->stage[1].qk_macs_dense);
+    free(out);
+    dl_delta_cache_free(c);
+    prob_free(&p);
+}
+END_TEST
+
+/* Acceptance 3: truncate + re-append equals a fresh run, bit for bit. */
+START_TEST(test_truncate)
+{
+    prob p;
+    int d = 64, n_kv = 2, G = 4, nh = n_kv * G, L = 2;
+    prob_make(&p, L, n_kv, G, d, 120, 0.1f, 21);
+    prob alt; /* a divergent continuation */
+    prob_make(&alt, L, n_kv, G, d, 120, 0.1f, 22);
+    dl_delta_params dp;
+    dl_delta_params_default(&dp);
+    dp.theta = 0.12f;
+    dp.window = 6;
+    dp.sink = 1;
+    char err[128];
+    float *o1 = malloc((size_t)nh * d * sizeof(float)), *o2 = malloc((size_t)nh * d * sizeof(float));
+    dl_delta_cache *a = dl_delta_cache_create(L, n_kv, d, 120, &dp, err, sizeof err);
+    dl_delta_cache *b = dl_delta_cache_create(L, n_kv, d, 120, &dp, err, sizeof err);
+    float *scratch = malloc((size_t)60 * nh * d * sizeof(float));
+    /* a: 60 prefill + 30 decode of `alt`, truncate to 70; b: 60 prefill + 10 of `alt` */
+    for (int l = 0; l < L; l++) {
+        dl_delta_attention(a, NULL, l, nh, pq(&p, l, 0), pk(&p, l, 0), pv(&p, l, 0), 60, 1, scratch);
+        dl_delta_attention(b, NULL, l, nh, pq(&p, l, 0), pk(&p, l, 0), pv(&p, l, 0), 60, 1, scratch);
+    }
+    for (int t = 60; t < 90; t++)
+        for (int l = 0; l < L; l++) {
+            dl_delta_attention(a, NULL, l, nh, pq(&alt, l, t), pk(&alt, l, t), pv(&alt, l, t), 1, 0, o1);
+            if (t < 70)
+                dl_delta_attention(b, NULL, l, nh, pq(&alt, l, t), pk(&alt, l, t), pv(&alt, l, t), 1, 0, o2);
+        }
+    ck_assert_int_eq(dl_delta_cache_truncate(a, 91), -EINVAL);
+    ck_assert_int_eq(dl_delta_cache_truncate(a, 70), 0);
+    ck_assert_int_eq(dl_delta_cache_len(a), 70);
+    for (int l = 0; l < L; l++)
+        for (int g = 0; g < n_kv; g++)
+            ck_assert_mem_eq(dl__delta_head(a, l, g)->ref, dl__delta_head(b, l, g)->ref,
+                             (size_t)d * sizeof(float));
+    ck_assert_uint_eq(dl_delta_cache_stats(a)->k_cache_bytes, dl_delta_cache_stats(b)->k_cache_bytes);
+    /* both continue with p's tokens 70..; outputs must be identical */
+    for (int t = 70; t < 100; t++)
+        for (int l = 0; l < L; l++) {
+            ck_assert_int_eq(dl_delta_attention(a, NULL, l, nh, pq(&p, l, t), pk(&p, l, t), pv(&p, l, t), 1, 0, o1), 0);
+            ck_assert_int_eq(dl_delta_attention(b, NULL, l, nh, pq(&p, l, t), pk(&p, l, t), pv(&p, l, t), 1, 0, o2), 0);
+            ck_assert_mem_eq(o1, o2, (size_t)nh * d * sizeof(float));
+        }
+    /* a deep truncate (past the ring's slack) still rebuilds the reference exactly */
+    ck_assert_int_eq(dl_delta_cache_truncate(a, 5), 0);
+    float sum[64];
+    for (int g = 0; g < n_kv; g++) {
+        sum_deltas(dl__delta_head(a, 1, g), d, 5, sum);
+        ck_assert_mem_eq(sum, dl__delta_head(a, 1, g)->ref, sizeof sum);
+    }
+    ck_assert_int_eq(dl_delta_cache_truncate(a, 0), 0);
+    ck_assert_uint_eq(dl_delta_cache_stats(a)->k_cache_dense_bytes, 0);
+    /* room and argument checks */
+    ck_assert_int_eq(dl_delta_attention(b, NULL, 0, nh, pq(&p, 0, 0), pk(&p, 0, 0), pv(&p, 0, 0), 21, 0, scratch), -ENOSPC);
+    ck_assert_int_eq(dl_delta_attention(b, NULL, 2, nh, pq(&p, 0, 0), pk(&p, 0, 0), pv(&p, 0, 0), 1, 0, scratch), -EINVAL);
+    ck_assert_int_eq(dl_delta_attention(b, NULL, 0, nh + 1, pq(&p, 0, 0), pk(&p, 0, 0), pv(&p, 0, 0), 1, 0, scratch), -EINVAL);
+    free(scratch);
+    free(o1);
+    free(o2);
+    dl_delta_cache_free(a);
+    dl_delta_cache_free(b);
+    prob_free(&p);
+    prob_free(&alt);
+}
+END_TEST
+
+/* Acceptance 4 and sparsity_target: at density ~0.4 the K bytes match the spec's
+ * d/8 + 2 rho d + 4 per token and KV head (plus the fixed ref/ring). */
+START_TEST(test_bytes_and_target)
+{
+    prob p;
+    int d = 64, n_kv = 2, G = 2, nh = n_kv * G, T = 1024;
+    prob_make(&p, 1, n_kv, G, d, T, 0.1f, 8);
+    dl_delta_params dp;
+    dl_delta_params_default(&dp);
+    dp.sparsity_target = 0.6f;
+    dp.window = 16;
+    char err[128];
+    dl_delta_cache *c = dl_delta_cache_create(1, n_kv, d, T, &dp, err, sizeof err);
+    float *out = malloc((size_t)T * nh * d * sizeof(float));
+    ck_assert_int_eq(dl_delta_attention(c, NULL, 0, nh, pq(&p, 0, 0), pk(&p, 0, 0), pv(&p, 0, 0), T, 1, out), 0);
+    const dl_delta_stats *st = dl_delta_cache_stats(c);
+    double sp = dl_delta_element_sparsity(&st->stage[0]);
+    ck_assert_msg(fabs(sp - 0.6) < 0.02, "sparsity %g for target 0.6 (theta %g)", sp,
+                  dl_delta_cache_theta(c, 0));
+    double rho = 1 - sp;
+    uint64_t fixed = (uint64_t)n_kv * ((uint64_t)d * 4 + 4 + (uint64_t)dl__delta_ring_cap(c) * d * 4);
+    double per_tok = (double)(st->k_cache_bytes - fixed) / ((double)T * n_kv);
+    double spec = d / 8.0 + 2 * rho * d + 4;
+    ck_assert_msg(fabs(per_tok - spec) < 1e-6 * spec, "K bytes/token %g vs spec %g", per_tok, spec);
+    ck_assert_uint_eq(st->k_cache_dense_bytes, (uint64_t)T * n_kv * d * 2);
+    ck_assert_uint_eq(st->v_cache_bytes, (uint64_t)T * n_kv * d * 2);
+    /* the per-token part is ~49 % of dense fp16 K at rho 0.4 (spec: ~48 %) */
+    double ratio = (double)(st->k_cache_bytes - fixed) / (double)st->k_cache_dense_bytes;
+    ck_assert_msg(ratio > 0.45 && ratio < 0.53, "K / dense K = %g", ratio);
+    ck_assert(dl_delta_cache_bytes(c) >= st->k_cache_bytes + st->v_cache_bytes);
+    free(out);
+    dl_delta_cache_free(c);
+    prob_free(&p);
+}
+END_TEST
+
+static Suite *delta_suite(void)
+{
+    Suite *s = suite_create("delta");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_params);
+    tcase_add_test(tc, test_stats_arith);
+    tcase_add_test(tc, test_oracle_sliding);
+    tcase_add_test(tc, test_oracle_modes);
+    tcase_add_test(tc, test_theta_zero_dense);
+    tcase_add_test(tc, test_closed_loop);
+    tcase_add_test(tc, test_truncate);
+    tcase_add_test(tc, test_bytes_and_target);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) { return dl_test_run(delta_suite()); }
