@@ -1,4 +1,5 @@
 /* test_cli.c — the deltallm command-line tool, run as a user runs it. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -106,7 +107,7 @@ END_TEST
 
 START_TEST(usage_errors_exit_2)
 {
-    char cmd[1024];
+    char cmd[4096];
     int st;
     const char *bad[] = {"", "frobnicate", "generate", "generate -m x -n -5", "inspect",
                          "generate -m x --temp abc"};
@@ -123,6 +124,82 @@ START_TEST(usage_errors_exit_2)
 }
 END_TEST
 
+/* Pull a number out of a flat JSON object; fails the test when the key is absent. */
+static double json_num(const char *js, const char *key)
+{
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(js, pat);
+    ck_assert_msg(p != NULL, "missing key %s in %s", key, js);
+    return strtod(p + strlen(pat), NULL);
+}
+
+/* With theta = 0 every key is stored exactly, so delta attention is dense attention. */
+START_TEST(eval_theta_zero_is_dense)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s eval -m %s -f %s --ctx 64 --max-windows 3 --delta-theta 0 "
+             "--delta-window 4 --json 2>&1", cli(),
+             dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf"),
+             dl_test_shared("data/tinystories_val.txt"));
+    int st;
+    char *out = run(cmd, &st);
+    ck_assert_msg(st == 0, "%s", out);
+    double pd = json_num(out, "ppl_dense"), pq = json_num(out, "ppl_delta");
+    ck_assert_msg(pd > 1 && pd < 100, "ppl %g", pd);
+    ck_assert_msg(fabs(pq / pd - 1) < 1e-4, "dense %g delta %g", pd, pq);
+    ck_assert(json_num(out, "kl_mean") < 1e-5);
+    ck_assert(json_num(out, "top1_agreement") == 1.0);
+    ck_assert(json_num(out, "element_sparsity") < 0.05);
+    free(out);
+}
+END_TEST
+
+START_TEST(eval_sweep_prints_rows)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s eval -m %s -f %s --ctx 64 --max-windows 2 --sweep --thetas "
+             "0.1,0.5 --windows 4,8 --json 2>&1", cli(),
+             dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf"),
+             dl_test_shared("data/tinystories_val.txt"));
+    int st;
+    char *out = run(cmd, &st);
+    ck_assert_msg(st == 0, "%s", out);
+    int rows = 0;
+    double prev = -1;
+    for (char *l = strtok(out, "\n"); l; l = strtok(NULL, "\n")) {
+        rows++;
+        json_num(l, "attention_sparsity");
+        json_num(l, "qk_work_skipped");
+        json_num(l, "k_cache_bytes");
+        double el = json_num(l, "element_sparsity");
+        if (rows == 3) /* a larger theta zeroes more of the key changes */
+            ck_assert_msg(el > prev, "theta 0.5: %g, theta 0.1: %g", el, prev);
+        if (rows == 1)
+            prev = el;
+    }
+    ck_assert_int_eq(rows, 4);
+    free(out);
+}
+END_TEST
+
+START_TEST(bench_json_has_the_figures)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s bench -m %s -p 16 -n 8 --reps 1 --json 2>&1", cli(),
+             dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf"));
+    int st;
+    char *out = run(cmd, &st);
+    ck_assert_msg(st == 0, "%s", out);
+    ck_assert(json_num(out, "prefill_tokens_per_second") > 0);
+    ck_assert(json_num(out, "decode_tokens_per_second") > 0);
+    ck_assert(json_num(out, "memory_bandwidth_bytes_per_second") > 0);
+    double r = json_num(out, "decode_roofline_ratio");
+    ck_assert(r > 0 && r < 10);
+    free(out);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("cli");
@@ -133,6 +210,9 @@ int main(void)
     tcase_add_test(tc, inspect_every_model);
     tcase_add_test(tc, tokenize_prints_ids);
     tcase_add_test(tc, usage_errors_exit_2);
+    tcase_add_test(tc, eval_theta_zero_is_dense);
+    tcase_add_test(tc, eval_sweep_prints_rows);
+    tcase_add_test(tc, bench_json_has_the_figures);
     suite_add_tcase(s, tc);
     return dl_test_run(s);
 }

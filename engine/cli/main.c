@@ -22,6 +22,12 @@ static void usage(FILE *f)
           "            print the token ids and pieces of TEXT\n"
           "  inspect   MODEL\n"
           "            print metadata, tensors, types, parameter count and memory needs\n"
+          "  synth     --shape NAME --type TYPE -o FILE\n"
+          "            write a random-weight GGUF with the shapes of a real model\n"
+          "  bench     -m MODEL [-t N] [-p 512] [-n 128] [--depth 2048,4096] [--json]\n"
+          "            prefill / decode speed, memory, and ratios to the machine's limits\n"
+          "  eval      -m MODEL -f TEXT [--ctx 256] [--sweep] | --task T -f FILE\n"
+          "            DeltaLLM vs dense: perplexity, KL, top-1 agreement, sparsity, tasks\n"
           "\n"
           "Run 'deltallm COMMAND --help' for the options of a command.\n",
           f);
@@ -42,6 +48,9 @@ int main(int argc, char **argv)
         {"generate", dl_cmd_generate},
         {"tokenize", dl_cmd_tokenize},
         {"inspect", dl_cmd_inspect},
+        {"synth", dl_cmd_synth},
+        {"bench", dl_cmd_bench},
+        {"eval", dl_cmd_eval},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))
