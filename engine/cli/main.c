@@ -26,6 +26,8 @@ static void usage(FILE *f)
           "            write a random-weight GGUF with the shapes of a real model\n"
           "  bench     -m MODEL [-t N] [-p 512] [-n 128] [--depth 2048,4096] [--json]\n"
           "            prefill / decode speed, memory, and ratios to the machine's limits\n"
+          "  bench-attn [--depth 512,2048,4096]\n"
+          "            DeltaLLM vs dense attention time and K-cache bytes\n"
           "  eval      -m MODEL -f TEXT [--ctx 256] [--sweep] | --task T -f FILE\n"
           "            DeltaLLM vs dense: perplexity, KL, top-1 agreement, sparsity, tasks\n"
           "\n"
@@ -51,6 +53,7 @@ int main(int argc, char **argv)
         {"synth", dl_cmd_synth},
         {"bench", dl_cmd_bench},
         {"eval", dl_cmd_eval},
+        {"bench-attn", dl_cmd_bench_attn},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))
