@@ -41,15 +41,16 @@ int dl_cmd_synth(int argc, char **argv)
     uint32_t type = DL_TYPE_COUNT;
     long seed = 1;
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
         }
-        if (!val) {
+        if (i + 1 == argc) {
             fprintf(stderr, "deltallm synth: %s needs a value\n", a);
             return 2;
         }
+        const char *val = argv[++i];
         if (!strcmp(a, "--shape"))
             shape = val;
         else if (!strcmp(a, "--type")) {
@@ -68,7 +69,6 @@ int dl_cmd_synth(int argc, char **argv)
             fprintf(stderr, "deltallm synth: unknown option '%s'\n", a);
             return 2;
         }
-        i++;
     }
     if (!shape || !out || type == DL_TYPE_COUNT) {
         usage(stderr);
