@@ -38,7 +38,8 @@
 #include "kernels.h"
 
 #define DL__DMAX 512         /* largest head dim the kernels' stack buffers take */
-#define DL__RING_SLACK 64    /* extra ring slots so a truncate of <= 64 tokens stays exact */
+#define DL__RING_SLACK 8     /* extra ring slots so a truncate of <= 8 tokens (a stop-string
+                                rollback) stays exact; each slot costs 4d bytes per head */
 #define DL__TILE_ROWS 64     /* rows (query x head) per unit in prefill */
 #define DL__THETA_SAMPLE 512 /* positions simulated when choosing theta */
 
@@ -144,7 +145,7 @@ static size_t head_layout(const dl_delta_cache *c, uint8_t *base, dl__dhead *h)
     } while (0)
     DL__CARVE(ref, float, d);
     DL__CARVE(mask, uint8_t, n * (size_t)c->mb);
-    DL__CARVE(off, uint32_t, n + 1);
+    DL__CARVE(blk, uint32_t, n / DL__DBLK + 1);
     DL__CARVE(val, dl_fp16, n * d + 64); /* +64: vector loads may read past the end */
     DL__CARVE(ring, float, (size_t)c->ring_cap * d);
     DL__CARVE(sinkk, float, (size_t)c->p.sink * d);
@@ -160,7 +161,8 @@ static void update_bytes(dl_delta_cache *c)
     uint64_t sink = n < (uint64_t)c->p.sink ? n : (uint64_t)c->p.sink;
     for (int i = 0; i < c->n_layer * c->n_kv; i++) {
         const dl__dhead *h = &c->heads[i];
-        kb += d * 4 + n * (uint64_t)c->mb + (n + 1) * 4 + (uint64_t)h->off[n] * 2;
+        kb += d * 4 + n * (uint64_t)c->mb + (n / DL__DBLK + 1) * 4 +
+              (uint64_t)dl__delta_off(h, c->mb, (int)n) * 2;
         kb += (ring + sink) * d * 4;
     }
     uint64_t heads = (uint64_t)c->n_layer * (uint64_t)c->n_kv;
@@ -250,9 +252,9 @@ float dl_delta_cache_theta(const dl_delta_cache *c, int layer)
 static void rebuild_ref(const dl_delta_cache *c, dl__dhead *h, int n)
 {
     memset(h->ref, 0, (size_t)c->d * sizeof(float));
+    const dl_fp16 *v = h->val;
     for (int t = 0; t < n; t++) {
         const uint8_t *m = h->mask + (size_t)t * c->mb;
-        const dl_fp16 *v = h->val + h->off[t];
         for (int e = 0; e < c->d; e++)
             if (m[e >> 3] >> (e & 7) & 1)
                 h->ref[e] += dl_fp16_to_f32(*v++);
@@ -274,9 +276,9 @@ int dl_delta_cache_truncate(dl_delta_cache *c, int n)
         if (old - n > c->ring_cap - c->p.window) {
             float kh[DL__DMAX] = {0};
             int lost_from = old - c->ring_cap; /* positions below this were overwritten */
+            const dl_fp16 *v = h->val;
             for (int t = 0; t < n; t++) {
                 const uint8_t *m = h->mask + (size_t)t * c->mb;
-                const dl_fp16 *v = h->val + h->off[t];
                 for (int e = 0; e < c->d; e++)
                     if (m[e >> 3] >> (e & 7) & 1)
                         kh[e] += dl_fp16_to_f32(*v++);
@@ -310,11 +312,11 @@ static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *
 {
     int d = c->d;
     uint64_t zeros = 0;
+    dl_fp16 *v = h->val + dl__delta_off(h, c->mb, p0);
     for (int a = 0; a < n; a++) {
         int t = p0 + a;
         const float *kt = k + (size_t)a * ks;
         uint8_t *m = h->mask + (size_t)t * c->mb;
-        dl_fp16 *v = h->val + h->off[t];
         memset(m, 0, (size_t)c->mb);
         int stored = 0;
         for (int e = 0; e < d; e++) {
@@ -326,7 +328,9 @@ static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *
                 m[e >> 3] |= (uint8_t)(1u << (e & 7));
             }
         }
-        h->off[t + 1] = h->off[t] + (uint32_t)stored;
+        v += stored;
+        if ((t + 1) % DL__DBLK == 0) /* blk[0] = 0 from the zeroed reservation */
+            h->blk[(t + 1) / DL__DBLK] = (uint32_t)(v - h->val);
         zeros += (uint64_t)(d - stored);
         if (t < c->p.sink)
             memcpy(h->sinkk + (size_t)t * d, kt, (size_t)d * sizeof(float));
@@ -570,6 +574,8 @@ int dl_delta_attention(dl_delta_cache *c, dl_pool *pool, int layer, int n_head,
     dl_delta_stage_stats s = { 0 };
     s.delta_elems = (uint64_t)n * (uint64_t)d * (uint64_t)c->n_kv;
     s.delta_zeros = zeros;
+    int32_t lo_prev = -1;
+    uint64_t nz_lo = 0; /* values stored before lo, over the KV heads */
     for (int a = 0; a < n; a++) {
         int32_t lo = c->qlo[a];
         uint64_t entries = (uint64_t)p0 + (uint64_t)a + 1;
@@ -578,9 +584,14 @@ int dl_delta_attention(dl_delta_cache *c, dl_pool *pool, int layer, int n_head,
         s.exact_entries += exact * (uint64_t)n_head;
         s.qk_macs_dense += entries * (uint64_t)d * (uint64_t)n_head;
         s.qk_macs_done += exact * (uint64_t)d * (uint64_t)n_head;
-        if (lo > 0)
+        if (lo > 0 && lo != lo_prev) {
+            nz_lo = 0;
             for (int g = 0; g < c->n_kv; g++)
-                s.qk_macs_done += (uint64_t)G * hs[g].off[lo];
+                nz_lo += dl__delta_off(&hs[g], c->mb, lo);
+            lo_prev = lo;
+        }
+        if (lo > 0)
+            s.qk_macs_done += (uint64_t)G * nz_lo;
     }
     dl_delta_stats_add(&c->stats.stage[is_prefill ? 0 : 1], &s);
     if (layer == c->n_layer - 1) {

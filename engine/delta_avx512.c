@@ -27,6 +27,21 @@ static inline __mmask16 lanes(int j, int a, int b)
     return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
 }
 
+/* Values stored for position t (popcount of its mask). */
+static inline int nnz_at(const dl__dkeys *k, int t)
+{
+    const uint8_t *m = k->h->mask + (size_t)t * k->mb;
+    int n = 0;
+    for (int i = 0; i + 8 <= k->mb; i += 8) {
+        uint64_t x;
+        __builtin_memcpy(&x, m + i, 8);
+        n += __builtin_popcountll(x);
+    }
+    for (int i = k->mb & ~7; i < k->mb; i++)
+        n += __builtin_popcount(m[i]);
+    return n;
+}
+
 static inline void advance(const dl__dunit *u, int t, int *rc, int *rf)
 {
     while (*rf < u->rows && u->lo[*rf] <= t)
@@ -103,11 +118,10 @@ static void exact_rows(const float *Qt, int rs, int d, const float *key, float *
     }
 }
 
-static void delta_rows(const dl__dunit *u, int t, int rf)
+static void delta_rows(const dl__dunit *u, int t, int rf, const dl_fp16 *val)
 {
     const dl__dkeys *k = u->k;
     const uint8_t *m = k->h->mask + (size_t)t * k->mb;
-    const dl_fp16 *val = k->h->val + k->h->off[t];
     int j = rf / 16, jend = (u->rows + 15) / 16;
     for (; j + 4 <= jend; j += 4)
         sweep_delta(u->Qt + 16 * j, u->rs, k->d, m, val, u->r + 16 * j, 4);
@@ -138,6 +152,7 @@ static void scores_wide(const dl__dunit *u, int dense)
     int d = k->d, rs = u->rs, rows = u->rows, tend = u->hi[rows - 1];
     int rc = 0, rf = dense ? rows : 0;
     float kbuf[512];
+    const dl_fp16 *vt = k->h->val;
     for (int r = 0; r < rs; r++)
         u->r[r] = 0;
     for (int t = 0; t <= tend; t++) {
@@ -147,8 +162,10 @@ static void scores_wide(const dl__dunit *u, int dense)
             while (u->hi[rc] < t)
                 rc++;
         float *s = u->st + (size_t)t * rs;
-        if (rf < rows)
-            delta_rows(u, t, rf);
+        if (rf < rows) {
+            delta_rows(u, t, rf, vt);
+            vt += nnz_at(k, t);
+        }
         int ex_end = t < k->sink ? rows : rf;
         if (ex_end > rc) {
             const float *key;
@@ -180,6 +197,120 @@ static inline float dot_rows(const float *q, const __m512 *x, int nv)
     return _mm512_reduce_add_ps(a);
 }
 
+/* Sums of 16 vectors: lane j of the result = the horizontal sum of a[j]. A shuffle tree
+ * (45 shuffles/adds for 16 sums, instead of 16 full horizontal reductions); the tree
+ * leaves key 4i+j in lane 4j+i, which the final permute undoes. */
+static inline __m512 reduce16(const __m512 *a)
+{
+    __m512 A[8], B[4], C[2];
+    for (int i = 0; i < 8; i++)
+        A[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xee));
+    for (int i = 0; i < 4; i++)
+        B[i] = _mm512_add_ps(_mm512_shuffle_f32x4(A[2 * i], A[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(A[2 * i], A[2 * i + 1], 0xdd));
+    for (int i = 0; i < 2; i++)
+        C[i] = _mm512_add_ps(_mm512_shuffle_ps(B[2 * i], B[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(B[2 * i], B[2 * i + 1], 0xee));
+    __m512 D = _mm512_add_ps(_mm512_shuffle_ps(C[0], C[1], 0x88),
+                             _mm512_shuffle_ps(C[0], C[1], 0xdd));
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(idx, D);
+}
+
+/* Decode fast path: every row has the same lo and hi (one query, the heads of a group).
+ * Keys go in blocks of 16: each key is expanded once into kx (packed deltas through
+ * vexpandps, or the exact / dense key), then each row dots its query with the 16 keys and
+ * the 16 sums come out of one shuffle tree. Keys t < lo (from sink on) add to the running
+ * sum R, which is their score. Keys below sink are done one by one (they need both the
+ * exact score and their delta). */
+static void scores_group(const dl__dunit *u, int dense)
+{
+    const dl__dkeys *k = u->k;
+    int d = k->d, nv = d / 16, rs = u->rs, rows = u->rows, tend = u->hi[0];
+    int lo = dense ? 0 : u->lo[0];
+    float kx[16 * 512] __attribute__((aligned(64)));
+    const dl_fp16 *vt = k->h->val;
+    int t = 0;
+    for (; t < k->sink && t <= tend; t++) { /* sink keys: exact score, delta into R */
+        __m512 x[32];
+        float *s = u->st + (size_t)t * rs;
+        if (lo > 0) {
+            const uint8_t *m = k->h->mask + (size_t)t * k->mb;
+            for (int c = 0; c < nv; c++) {
+                unsigned bits = (unsigned)m[2 * c] | (unsigned)m[2 * c + 1] << 8;
+                x[c] = _mm512_maskz_expand_ps(
+                    (__mmask16)bits, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vt)));
+                vt += __builtin_popcount(bits);
+            }
+            for (int r = 0; r < rows; r++)
+                u->r[r] += dot_rows(u->Q + (size_t)r * d, x, nv);
+        }
+        if (dense) {
+            const dl_fp16 *kh = k->kdense + (size_t)t * d;
+            for (int c = 0; c < nv; c++)
+                x[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kh + 16 * c)));
+        } else {
+            const float *key = dl__exact_key(k, t);
+            for (int c = 0; c < nv; c++)
+                x[c] = _mm512_loadu_ps(key + 16 * c);
+        }
+        for (int r = 0; r < rows; r++)
+            s[r] = dot_rows(u->Q + (size_t)r * d, x, nv);
+    }
+    for (; t <= tend; t += 16) {
+        int nb = tend + 1 - t < 16 ? tend + 1 - t : 16;
+        for (int j = 0; j < 16; j++) {
+            float *x = kx + (size_t)j * d;
+            int tt = t + j;
+            if (j >= nb) {
+                for (int c = 0; c < nv; c++)
+                    _mm512_store_ps(x + 16 * c, _mm512_setzero_ps());
+            } else if (tt < lo) {
+                const uint8_t *m = k->h->mask + (size_t)tt * k->mb;
+                for (int c = 0; c < nv; c++) {
+                    unsigned bits = (unsigned)m[2 * c] | (unsigned)m[2 * c + 1] << 8;
+                    _mm512_store_ps(x + 16 * c, _mm512_maskz_expand_ps(
+                        (__mmask16)bits,
+                        _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vt))));
+                    vt += __builtin_popcount(bits);
+                }
+            } else if (dense) {
+                const dl_fp16 *kh = k->kdense + (size_t)tt * d;
+                for (int c = 0; c < nv; c++)
+                    _mm512_store_ps(x + 16 * c, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                                    (const __m256i *)(kh + 16 * c))));
+            } else {
+                const float *key = dl__exact_key(k, tt);
+                for (int c = 0; c < nv; c++)
+                    _mm512_store_ps(x + 16 * c, _mm512_loadu_ps(key + 16 * c));
+            }
+        }
+        for (int r = 0; r < rows; r++) {
+            const float *q = u->Q + (size_t)r * d;
+            __m512 a[16];
+            for (int j = 0; j < 16; j++)
+                a[j] = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_load_ps(kx + (size_t)j * d));
+            for (int c = 1; c < nv; c++) {
+                __m512 qc = _mm512_loadu_ps(q + 16 * c);
+                for (int j = 0; j < 16; j++)
+                    a[j] = _mm512_fmadd_ps(qc, _mm512_load_ps(kx + (size_t)j * d + 16 * c), a[j]);
+            }
+            float sc[16];
+            _mm512_storeu_ps(sc, reduce16(a));
+            float R = u->r[r];
+            for (int j = 0; j < nb; j++) {
+                float *s = u->st + (size_t)(t + j) * rs;
+                if (t + j < lo)
+                    s[r] = R += sc[j];
+                else
+                    s[r] = sc[j];
+            }
+            u->r[r] = R;
+        }
+    }
+}
+
 /* Few rows: per key, the delta dot of each row is written into the score matrix (keys at
  * or after sink) and the running sums are formed afterwards in one pass vectorised over
  * rows, so that no key waits on the previous key's sum. */
@@ -189,8 +320,13 @@ static void scores_narrow(const dl__dunit *u, int dense)
     int d = k->d, nv = d / 16, rs = u->rs, rows = u->rows, tend = u->hi[rows - 1];
     int rc = 0, rf = dense ? rows : 0;
     __m512 x[32];
+    const dl_fp16 *vt = k->h->val;
     for (int r = 0; r < rs; r++)
         u->r[r] = 0;
+    if (u->lo[0] == u->lo[rows - 1] && u->hi[0] == u->hi[rows - 1] && d <= 512) {
+        scores_group(u, dense);
+        return;
+    }
     for (int t = 0; t <= tend; t++) {
         if (!dense)
             advance(u, t, &rc, &rf);
@@ -198,9 +334,11 @@ static void scores_narrow(const dl__dunit *u, int dense)
             while (u->hi[rc] < t)
                 rc++;
         float *s = u->st + (size_t)t * rs;
+        const dl_fp16 *v = vt;
+        if (!dense)
+            vt += nnz_at(k, t);
         if (rf < rows) {
             const uint8_t *m = k->h->mask + (size_t)t * k->mb;
-            const dl_fp16 *v = k->h->val + k->h->off[t];
             for (int c = 0; c < nv; c++) {
                 unsigned bits = (unsigned)m[2 * c] | (unsigned)m[2 * c + 1] << 8;
                 x[c] = _mm512_maskz_expand_ps(

@@ -3,8 +3,12 @@
  * Per layer and KV head (a "head store"):
  *   ref   [d] fp32          reference state r_t after the last appended position
  *   mask  [n_ctx][mb] bits  bit e of position t set = element e of Δk_t is stored
- *   off   [n_ctx + 1]       off[t] = index in val of position t's first stored value;
- *                           off[t] is also the number of values stored before t
+ *   blk   [n_ctx / 16 + 1]  blk[b] = index in val of position 16b's first stored value
+ *                           (the count stored before it); inside a block of 16 positions
+ *                           the offset is blk plus the popcounts of the earlier masks —
+ *                           0.25 bytes per position instead of a 4-byte offset each, and
+ *                           the kernels, which sweep positions in order, just advance a
+ *                           pointer by each mask's popcount
  *   val   fp16              the stored (nonzero) deltas, position after position
  *   ring  [ring_cap][d]     exact fp32 keys of the last ring_cap positions, slot t % ring_cap
  *   sinkk [sink][d]         exact fp32 keys of the first `sink` positions
@@ -28,7 +32,7 @@
 typedef struct dl__dhead {
     float *ref;
     uint8_t *mask;
-    uint32_t *off;
+    uint32_t *blk;
     dl_fp16 *val;
     float *ring;
     float *sinkk;
@@ -76,6 +80,18 @@ typedef struct dl__dops {
 
 extern const dl__dops dl__dops_scalar;
 extern const dl__dops dl__dops_avx512;
+
+#define DL__DBLK 16 /* positions per stored offset */
+
+/* Number of values stored before position t (= index of t's first value in val). */
+static inline uint32_t dl__delta_off(const dl__dhead *h, int mb, int t)
+{
+    uint32_t o = h->blk[t / DL__DBLK];
+    for (int u = t - t % DL__DBLK; u < t; u++)
+        for (int i = 0; i < mb; i++)
+            o += (uint32_t)__builtin_popcount(h->mask[(size_t)u * mb + i]);
+    return o;
+}
 
 /* Source of the exact key of position t for a unit (sink, this call, or the ring). */
 static inline const float *dl__exact_key(const dl__dkeys *k, int t)
