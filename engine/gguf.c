@@ -423,13 +423,11 @@ static int parse_tensor_info(dl_gguf *g, cursor *c, int64_t i, char *err, size_t
                 "block size %lld", nm, (long long)t->ne[0], tt->name, (long long)tt->blck);
         return -EINVAL;
     }
-    uint64_t rows = nelem / (uint64_t)t->ne[0];
-    uint64_t row_bytes = (uint64_t)(t->ne[0] / tt->blck) * tt->type_size;
-    if (row_bytes && rows > UINT64_MAX / row_bytes) {
+    t->nbytes = dl_tensor_nbytes(t->type, t->ne); /* I2_S adds a trailing scale */
+    if (t->nbytes == 0) {
         set_err(err, errlen, "gguf: tensor '%s': byte size overflows", nm);
         return -EINVAL;
     }
-    t->nbytes = rows * row_bytes;
     if (hash_insert(g->t_hash, g->t_hash_cap, t->name, i, tensor_name_at, g) >= 0) {
         set_err(err, errlen, "gguf: duplicate tensor name '%s'", nm);
         return -EINVAL;

@@ -261,6 +261,8 @@ int dl_gguf_writer_add_tensor(dl_gguf_writer *w, const char *name, uint32_t n_di
             return -EOVERFLOW;
         size *= (uint64_t)ne[d];
     }
+    if (type == DL_TYPE_I2_S) /* bitnet.cpp's per-tensor scale follows the codes */
+        size += DL_I2_S_TAIL;
     if (size > UINT64_MAX - w->alignment || w->data_size > UINT64_MAX - pad_to(size, w->alignment))
         return -EOVERFLOW;
     if (w->n_tensors == w->sizes_cap) {

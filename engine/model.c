@@ -5,6 +5,13 @@
  * residual, RMSNorm, SwiGLU feed-forward and residual; final RMSNorm and the output head),
  * but over a batch: the tokens of every item go through each matmul together, and only
  * attention is done per sequence.
+ *
+ * BitNet b1.58 ("bitnet-b1.58", Microsoft's bitnet.cpp, and llama.cpp's older "bitnet") is
+ * the same network plus two RMSNorms — attn_sub_norm on the attention output before Wo,
+ * ffn_sub_norm on the gated product before Wdown — with BitLinear projections (ternary
+ * weights, int8 per-token activations: ternary.h). The FFN activation follows the
+ * architecture name, as llama.cpp decides it (GGUF has no key for it): squared ReLU for
+ * "bitnet-b1.58" (the 2B-4T model, hidden_act relu2), SiLU for "bitnet".
  */
 #include "model.h"
 
@@ -18,31 +25,45 @@
 #include "attention.h"
 #include "kernels.h"
 #include "quant.h"
+#include "ternary.h"
 
 #define MAX_LAYERS 512
 #define MAX_WIDTH 65536
 #define OUT_CHUNK 16 /* rows of the output head computed per matmul call */
 
+enum ffn_act { FFN_SILU, FFN_RELU2 };
+
+/* A matmul weight and its per-tensor scale: for ternary types the I2_S trailing scale
+ * times an optional "<name>.scale" tensor (llama.cpp's bitnet); 1 otherwise. */
+typedef struct weight {
+    dl_weight w;
+    float scale;
+} weight;
+
 typedef struct layer {
-    const float *attn_norm;  /* [n_embd] */
-    dl_weight wq;            /* [n_head*head_dim x n_embd] */
-    dl_weight wk;            /* [n_kv*head_dim x n_embd] */
-    dl_weight wv;            /* [n_kv*head_dim x n_embd] */
-    dl_weight wo;            /* [n_embd x n_head*head_dim] */
-    const float *ffn_norm;   /* [n_embd] */
-    dl_weight w_gate;        /* [n_ff x n_embd] */
-    dl_weight w_up;          /* [n_ff x n_embd] */
-    dl_weight w_down;        /* [n_embd x n_ff] */
+    const float *attn_norm;     /* [n_embd] */
+    weight wq;                  /* [n_head*head_dim x n_embd] */
+    weight wk;                  /* [n_kv*head_dim x n_embd] */
+    weight wv;                  /* [n_kv*head_dim x n_embd] */
+    const float *attn_sub_norm; /* [n_head*head_dim], BitNet only */
+    weight wo;                  /* [n_embd x n_head*head_dim] */
+    const float *ffn_norm;      /* [n_embd] */
+    weight w_gate;              /* [n_ff x n_embd] */
+    weight w_up;                /* [n_ff x n_embd] */
+    const float *ffn_sub_norm;  /* [n_ff], BitNet only */
+    weight w_down;              /* [n_embd x n_ff] */
 } layer;
 
 struct dl_model {
     dl_gguf *gguf;
     dl_hparams hp;
+    int bitnet;                /* architecture bitnet-b1.58 or bitnet: sub-norms */
+    enum ffn_act act;          /* FFN gate activation */
     dl_tokenizer *tok;
-    dl_weight tok_embd;        /* [n_vocab x n_embd] */
+    weight tok_embd;           /* [n_vocab x n_embd] */
     layer *layers;             /* [n_layer] */
     const float *output_norm;  /* [n_embd] */
-    dl_weight output;          /* [n_vocab x n_embd]; the embedding when tied */
+    weight output;             /* [n_vocab x n_embd]; the embedding when tied */
     const float *rope_freqs;   /* [head_dim/2] Llama-3 frequency factors, or NULL */
     float **owned;             /* norm vectors converted to f32 at load */
     int n_owned;
@@ -67,6 +88,7 @@ struct dl_ctx {
     float *xo;       /* [OUT_CHUNK][n_embd] rows that produce logits */
     float *att;      /* [n_threads][max_ctx] attention scores */
     void *mm_scratch;
+    void *tq_scratch; /* int8 activations for ternary weights (ternary.h) */
     size_t bytes;
 };
 
@@ -143,8 +165,17 @@ static int read_hparams(dl_model *m, char *err, size_t errlen)
     }
     memcpy(hp->arch, s.ptr, s.len);
     hp->arch[s.len] = 0;
-    if (strcmp(hp->arch, "llama") != 0) {
-        set_err(err, errlen, "model: architecture '%s' is not supported (llama is)", hp->arch);
+    if (strcmp(hp->arch, "bitnet-b1.58") == 0) {
+        m->bitnet = 1;
+        m->act = FFN_RELU2;
+    } else if (strcmp(hp->arch, "bitnet") == 0) {
+        m->bitnet = 1;
+        m->act = FFN_SILU;
+    } else if (strcmp(hp->arch, "llama") == 0) {
+        m->act = FFN_SILU;
+    } else {
+        set_err(err, errlen, "model: architecture '%s' is not supported (llama, bitnet and "
+                "bitnet-b1.58 are)", hp->arch);
         return -ENOTSUP;
     }
     if (dl_gguf_get_str(g, "general.name", &s) == 0) {
@@ -182,12 +213,64 @@ static int read_hparams(dl_model *m, char *err, size_t errlen)
     return 0;
 }
 
+static int bind_vector(dl_model *m, const char *name, int64_t n, int optional,
+                       const float **out, char *err, size_t errlen);
+
+/* A fp16 scale that is NaN, infinite or negative (ternary blocks' d are absmaxes). */
+static int bad_fp16_scale(dl_fp16 d)
+{
+    return (d & 0x7c00) == 0x7c00 || ((d & 0x8000) && (d & 0x7fff));
+}
+
+/* The per-tensor scale of a ternary weight: I2_S's trailing float (TQ types keep theirs in
+ * the blocks, which are checked here) times an optional "<base>.scale" tensor. */
+static int ternary_scale(dl_model *m, const dl_gguf_tensor *t, const char *name, weight *w,
+                         char *err, size_t errlen)
+{
+    float s = 1.0f;
+    if (t->type == DL_TYPE_I2_S) {
+        s = dl_i2s_scale(t->data, t->ne[0] * t->ne[1]);
+    } else {
+        size_t bsz = dl_type_info(t->type)->type_size;
+        int64_t nblk = t->ne[0] * t->ne[1] / DL_QK_K;
+        for (int64_t i = 0; i < nblk; i++) {
+            dl_fp16 d;
+            memcpy(&d, (const char *)t->data + (i + 1) * bsz - sizeof d, sizeof d);
+            if (bad_fp16_scale(d)) {
+                set_err(err, errlen, "model: tensor '%s' block %lld has an invalid scale %g",
+                        name, (long long)i, (double)dl_fp16_to_f32(d));
+                return -EINVAL;
+            }
+        }
+    }
+    char sname[128];
+    size_t len = strlen(name);
+    const char *suffix = ".weight";
+    if (len > strlen(suffix) && strcmp(name + len - strlen(suffix), suffix) == 0) {
+        snprintf(sname, sizeof sname, "%.*s.scale", (int)(len - strlen(suffix)), name);
+        const float *extra;
+        int rc = bind_vector(m, sname, 1, 1, &extra, err, errlen);
+        if (rc)
+            return rc;
+        if (extra)
+            s *= extra[0];
+    }
+    if (!isfinite(s) || s < 0.0f) {
+        set_err(err, errlen, "model: tensor '%s' has an invalid scale %g", name, (double)s);
+        return -EINVAL;
+    }
+    w->scale = s;
+    return 0;
+}
+
 /* Bind a 2-D weight and check its shape and type. */
 static int bind_weight(dl_model *m, const char *name, int64_t cols, int64_t rows, int optional,
-                       dl_weight *w, char *err, size_t errlen)
+                       weight *mw, char *err, size_t errlen)
 {
     const dl_gguf_tensor *t = dl_gguf_find_tensor(m->gguf, name);
-    memset(w, 0, sizeof *w);
+    dl_weight *w = &mw->w;
+    memset(mw, 0, sizeof *mw);
+    mw->scale = 1.0f;
     if (!t) {
         if (optional)
             return 0;
@@ -212,6 +295,8 @@ static int bind_weight(dl_model *m, const char *name, int64_t cols, int64_t rows
     w->row_bytes = dl_row_size(t->type, t->ne[0]);
     w->data = t->data;
     m->weight_bytes += t->nbytes;
+    if (dl_is_ternary(t->type))
+        return ternary_scale(m, t, name, mw, err, errlen);
     return 0;
 }
 
@@ -238,7 +323,7 @@ static int bind_vector(dl_model *m, const char *name, int64_t n, int optional,
         return 0;
     }
     const dl_type_traits *tt = dl_type_info(t->type);
-    if (!tt || !tt->can_matmul) {
+    if (!tt || !tt->can_matmul || dl_is_ternary(t->type)) {
         set_err(err, errlen, "model: tensor '%s' has unsupported type %s", name,
                 tt ? tt->name : "?");
         return -ENOTSUP;
@@ -278,6 +363,12 @@ static int bind_layer(dl_model *m, int il, char *err, size_t errlen)
         (rc = bind_weight(m, NAME("ffn_up.weight"), e, hp->n_ff, 0, &L->w_up, err, errlen)) ||
         (rc = bind_weight(m, NAME("ffn_down.weight"), hp->n_ff, e, 0, &L->w_down, err, errlen)))
         return rc;
+    if (m->bitnet &&
+        ((rc = bind_vector(m, NAME("attn_sub_norm.weight"), qd, 0, &L->attn_sub_norm, err,
+                           errlen)) ||
+         (rc = bind_vector(m, NAME("ffn_sub_norm.weight"), hp->n_ff, 0, &L->ffn_sub_norm, err,
+                           errlen))))
+        return rc;
 #undef NAME
     return 0;
 }
@@ -288,7 +379,7 @@ static int bind_weights(dl_model *m, char *err, size_t errlen)
     int rc = bind_weight(m, "token_embd.weight", hp->n_embd, -1, 0, &m->tok_embd, err, errlen);
     if (rc)
         return rc;
-    hp->n_vocab = (int32_t)m->tok_embd.rows;
+    hp->n_vocab = (int32_t)m->tok_embd.w.rows;
     if (hp->n_vocab != dl_tokenizer_n_vocab(m->tok)) {
         set_err(err, errlen, "model: token_embd.weight has %d rows but the vocabulary has %d "
                 "tokens", hp->n_vocab, dl_tokenizer_n_vocab(m->tok));
@@ -308,10 +399,10 @@ static int bind_weights(dl_model *m, char *err, size_t errlen)
         (rc = bind_vector(m, "rope_freqs.weight", hp->head_dim / 2, 1, &m->rope_freqs, err,
                           errlen)))
         return rc;
-    hp->tied_output = m->output.data == NULL;
+    hp->tied_output = m->output.w.data == NULL;
     if (hp->tied_output)
         m->output = m->tok_embd;
-    hp->weight_type = m->layers[0].w_gate.type;
+    hp->weight_type = m->layers[0].w_gate.w.type;
     hp->n_params = 0;
     for (int64_t i = 0; i < dl_gguf_n_tensors(m->gguf); i++) {
         const dl_gguf_tensor *t = dl_gguf_tensor_at(m->gguf, i);
@@ -421,6 +512,11 @@ dl_ctx *dl_ctx_create(const dl_model *m, int max_tokens, int max_ctx, int n_thre
     c->bytes += mms;
     if (!c->mm_scratch)
         goto oom;
+    size_t tqs = dl_ternary_scratch_size(max_tokens, widest);
+    c->tq_scratch = aligned_alloc(64, (tqs + 63) & ~(size_t)63);
+    c->bytes += tqs;
+    if (!c->tq_scratch)
+        goto oom;
     c->pool = dl_pool_create(n_threads);
     if (!c->pool)
         goto oom;
@@ -440,6 +536,7 @@ void dl_ctx_free(dl_ctx *c)
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
     free(c->mm_scratch);
+    free(c->tq_scratch);
     dl_pool_free(c->pool);
     free(c);
 }
@@ -593,10 +690,50 @@ static void attention(dl_ctx *c, dl_seq *s, int il, int row0, int n)
     dl_attn_dense(c->pool, &sh, s->k + layer_off, s->v + layer_off, s->len, n, q, out, c->att);
 }
 
+/* y = W x for the T rows of x (see dl_matmul); ternary weights take BitLinear's path. */
+static void matmul(dl_ctx *c, const weight *w, const float *x, float *y, int T)
+{
+    if (dl_is_ternary(w->w.type))
+        dl_ternary_matmul(c->pool, &w->w, w->scale, x, y, T, c->tq_scratch);
+    else
+        dl_matmul(c->pool, &w->w, x, y, T, c->mm_scratch);
+}
+
+/* n products of the same input x (Q/K/V, gate/up): ternary ones share one int8 copy. */
+static void matmul_shared(dl_ctx *c, const float *x, int T, int n, const weight *const w[],
+                          float *const y[])
+{
+    int quantised = 0;
+    for (int i = 0; i < n; i++) {
+        if (!dl_is_ternary(w[i]->w.type)) {
+            dl_matmul(c->pool, &w[i]->w, x, y[i], T, c->mm_scratch);
+            continue;
+        }
+        if (!quantised)
+            dl_ternary_quantize(c->pool, x, T, w[i]->w.cols, c->tq_scratch);
+        quantised = 1;
+        dl_ternary_matmul_q(c->pool, &w[i]->w, w[i]->scale, c->tq_scratch, y[i], T);
+    }
+}
+
+/* out = relu(gate)^2 * up: the BitNet b1.58 FFN gate. */
+static void relu2_gate(float *out, const float *gate, const float *up, int n)
+{
+    for (int i = 0; i < n; i++) {
+        float g = gate[i] > 0.0f ? gate[i] : 0.0f;
+        out[i] = g * g * up[i];
+    }
+}
+
 static void add_rows(float *x, const float *y, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         x[i] += y[i];
+}
+
+static int m_bitnet(const dl_ctx *c)
+{
+    return c->m->bitnet;
 }
 
 static void layer_forward(dl_ctx *c, const layer *L, int il, dl_batch_item *items,
@@ -609,9 +746,9 @@ static void layer_forward(dl_ctx *c, const layer *L, int il, dl_batch_item *item
     /* attention block: x += Wo · attn(RoPE(Wq·n(x)), RoPE(Wk·n(x)), Wv·n(x)) */
     for (int t = 0; t < T; t++)
         dl_rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
-    dl_matmul(c->pool, &L->wq, c->xb, c->q, T, c->mm_scratch);
-    dl_matmul(c->pool, &L->wk, c->xb, c->k, T, c->mm_scratch);
-    dl_matmul(c->pool, &L->wv, c->xb, c->v, T, c->mm_scratch);
+    const weight *qkv[3] = {&L->wq, &L->wk, &L->wv};
+    float *const qkv_out[3] = {c->q, c->k, c->v};
+    matmul_shared(c, c->xb, T, 3, qkv, qkv_out);
     int row = 0;
     for (int i = 0; i < n_items; i++) {
         dl_seq *s = items[i].seq;
@@ -625,16 +762,34 @@ static void layer_forward(dl_ctx *c, const layer *L, int il, dl_batch_item *item
         attention(c, s, il, row, items[i].n_tokens);
         row += items[i].n_tokens;
     }
-    dl_matmul(c->pool, &L->wo, c->att_out, c->xb2, T, c->mm_scratch);
+    const float *att = c->att_out;
+    if (m_bitnet(c)) { /* BitNet: RMSNorm the attention output before Wo (into q, now free) */
+        for (int t = 0; t < T; t++)
+            dl_rmsnorm(c->q + t * qd, c->att_out + t * qd, L->attn_sub_norm, (int)qd,
+                       hp->rms_eps);
+        att = c->q;
+    }
+    matmul(c, &L->wo, att, c->xb2, T);
     add_rows(c->x, c->xb2, (size_t)T * E);
 
-    /* feed-forward block: x += Wdown · (silu(Wgate·n(x)) * Wup·n(x)) */
+    /* feed-forward block: x += Wdown · (act(Wgate·n(x)) * Wup·n(x)), act SiLU or ReLU^2 */
     for (int t = 0; t < T; t++)
         dl_rmsnorm(c->xb + (size_t)t * E, c->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
-    dl_matmul(c->pool, &L->w_gate, c->xb, c->hb, T, c->mm_scratch);
-    dl_matmul(c->pool, &L->w_up, c->xb, c->hb2, T, c->mm_scratch);
-    dl_swiglu(c->hb, c->hb, c->hb2, T * hp->n_ff);
-    dl_matmul(c->pool, &L->w_down, c->hb, c->xb2, T, c->mm_scratch);
+    const weight *gate_up[2] = {&L->w_gate, &L->w_up};
+    float *const gate_up_out[2] = {c->hb, c->hb2};
+    matmul_shared(c, c->xb, T, 2, gate_up, gate_up_out);
+    if (c->m->act == FFN_RELU2)
+        relu2_gate(c->hb, c->hb, c->hb2, T * hp->n_ff);
+    else
+        dl_swiglu(c->hb, c->hb, c->hb2, T * hp->n_ff);
+    const float *ffn = c->hb;
+    if (m_bitnet(c)) { /* BitNet: RMSNorm the gated product before Wdown (into hb2) */
+        size_t F = (size_t)hp->n_ff;
+        for (int t = 0; t < T; t++)
+            dl_rmsnorm(c->hb2 + t * F, c->hb + t * F, L->ffn_sub_norm, hp->n_ff, hp->rms_eps);
+        ffn = c->hb2;
+    }
+    matmul(c, &L->w_down, ffn, c->xb2, T);
     add_rows(c->x, c->xb2, (size_t)T * E);
 }
 
@@ -650,8 +805,18 @@ static void output_logits(dl_ctx *c, const dl_batch_item *it, int row0)
             dl_rmsnorm(c->xo + (size_t)j * E, c->x + (size_t)(row0 + r + j) * E, c->m->output_norm,
                        E, hp->rms_eps);
         float *dst = it->logits + (size_t)(r - first) * hp->n_vocab;
-        dl_matmul(c->pool, &c->m->output, c->xo, dst, n, c->mm_scratch);
+        matmul(c, &c->m->output, c->xo, dst, n);
     }
+}
+
+/* Row `tok` of the token embedding as floats (a ternary embedding times its scale). */
+static void embed(const dl_model *m, int32_t tok, float *out)
+{
+    const dl_weight *w = &m->tok_embd.w;
+    dl_dequantize_row(w->type, (const char *)w->data + (size_t)tok * w->row_bytes, out, w->cols);
+    if (m->tok_embd.scale != 1.0f)
+        for (int64_t i = 0; i < w->cols; i++)
+            out[i] *= m->tok_embd.scale;
 }
 
 int dl_forward(dl_ctx *c, dl_batch_item *items, int n_items, char *err, size_t errlen)
@@ -666,10 +831,7 @@ int dl_forward(dl_ctx *c, dl_batch_item *items, int n_items, char *err, size_t e
     int row = 0;
     for (int i = 0; i < n_items; i++)
         for (int t = 0; t < items[i].n_tokens; t++, row++)
-            dl_dequantize_row(m->tok_embd.type,
-                              (const char *)m->tok_embd.data +
-                                  (size_t)items[i].tokens[t] * m->tok_embd.row_bytes,
-                              c->x + (size_t)row * hp->n_embd, hp->n_embd);
+            embed(m, items[i].tokens[t], c->x + (size_t)row * hp->n_embd);
     for (int il = 0; il < hp->n_layer; il++)
         layer_forward(c, &m->layers[il], il, items, n_items, T);
     row = 0;

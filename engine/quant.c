@@ -32,8 +32,9 @@ static const dl_type_traits type_table[DL_TYPE_COUNT] = {
     [DL_TYPE_I64] = {"I64", 1, 8, 0},
     [DL_TYPE_F64] = {"F64", 1, 8, 0},
     [DL_TYPE_BF16] = {"BF16", 1, 2, 1},
-    [DL_TYPE_TQ1_0] = {"TQ1_0", 256, 54, 0},
-    [DL_TYPE_TQ2_0] = {"TQ2_0", 256, 66, 0},
+    [DL_TYPE_TQ1_0] = {"TQ1_0", 256, 54, 1},
+    [DL_TYPE_TQ2_0] = {"TQ2_0", 256, 66, 1},
+    [DL_TYPE_I2_S] = {"I2_S", DL_QK_I2_S, DL_QK_I2_S / 4, 1},
 };
 
 /* The structs must match ggml's on-disk sizes or every offset computed from them is wrong. */
@@ -41,6 +42,8 @@ _Static_assert(sizeof(dl_block_q8_0) == 34, "q8_0 block size");
 _Static_assert(sizeof(dl_block_q4_0) == 18, "q4_0 block size");
 _Static_assert(sizeof(dl_block_q4_K) == 144, "q4_K block size");
 _Static_assert(sizeof(dl_block_q6_K) == 210, "q6_K block size");
+_Static_assert(sizeof(dl_block_tq2_0) == 66, "tq2_0 block size");
+_Static_assert(sizeof(dl_block_tq1_0) == 54, "tq1_0 block size");
 
 const dl_type_traits *dl_type_info(uint32_t type)
 {
@@ -58,6 +61,30 @@ size_t dl_row_size(uint32_t type, int64_t n)
     if (nb > SIZE_MAX / t->type_size)
         return 0;
     return (size_t)nb * t->type_size;
+}
+
+uint64_t dl_tensor_nbytes(uint32_t type, const int64_t ne[4])
+{
+    const dl_type_traits *t = dl_type_info(type);
+    if (!t || ne[0] <= 0 || ne[0] % t->blck != 0)
+        return 0;
+    uint64_t rows = 1;
+    for (int d = 1; d < 4; d++) {
+        if (ne[d] <= 0 || rows > UINT64_MAX / (uint64_t)ne[d])
+            return 0;
+        rows *= (uint64_t)ne[d];
+    }
+    uint64_t row_bytes = (uint64_t)(ne[0] / t->blck) * t->type_size;
+    if (rows > (UINT64_MAX - DL_I2_S_TAIL) / row_bytes)
+        return 0;
+    return rows * row_bytes + (type == DL_TYPE_I2_S ? DL_I2_S_TAIL : 0);
+}
+
+float dl_i2s_scale(const void *data, int64_t nelem)
+{
+    float s;
+    memcpy(&s, (const uint8_t *)data + nelem / 4, sizeof s);
+    return s;
 }
 
 /* ---- half / bfloat16 ------------------------------------------------------------------ */
@@ -167,6 +194,42 @@ static void q4k_pack_scales(const uint8_t sc[8], const uint8_t m[8], uint8_t out
     }
 }
 
+/* ---- ternary codes --------------------------------------------------------------------- */
+
+/* Code (0, 1, 2 for -1, 0, +1) of element e of a TQ2_0 block. */
+static int tq2_code(const dl_block_tq2_0 *b, int e)
+{
+    return (b->qs[32 * (e / 128) + e % 32] >> (2 * (e % 128 / 32))) & 3;
+}
+
+/* Trit n (0 = most significant) of a TQ1_0 byte: the byte holds ceil(v * 256 / 243), so
+ * multiplying by 3^n (mod 256) moves trit n to the top and * 3 >> 8 reads it. */
+static int tq1_trit(uint8_t q, int n)
+{
+    static const uint8_t pow3[5] = {1, 3, 9, 27, 81};
+    uint8_t shifted = (uint8_t)(q * pow3[n]);
+    return ((unsigned)shifted * 3) >> 8;
+}
+
+/* Elements 0..159: five trits in each of qs[0..31] (element 32n + m in trit n of qs[m]);
+ * 160..239: five in each of qs[32..47]; 240..255: four in each of qh[0..3]. */
+static int tq1_code(const dl_block_tq1_0 *b, int e)
+{
+    if (e < 160)
+        return tq1_trit(b->qs[e % 32], e / 32);
+    if (e < 240)
+        return tq1_trit(b->qs[32 + (e - 160) % 16], (e - 160) / 16);
+    return tq1_trit(b->qh[(e - 240) % 4], (e - 240) / 4);
+}
+
+/* Code of element e of an I2_S tensor (e counted from the start of the tensor or of any
+ * row, rows being whole 128-value groups). */
+static int i2s_code(const uint8_t *p, int64_t e)
+{
+    int g = (int)(e % DL_QK_I2_S) / 32;
+    return (p[e / DL_QK_I2_S * 32 + e % 32] >> (6 - 2 * g)) & 3;
+}
+
 /* ---- dequantisation -------------------------------------------------------------------- */
 
 static void dequant_q8_0(const dl_block_q8_0 *b, float *y, int64_t nb)
@@ -262,6 +325,26 @@ void dl_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n)
         return;
     case DL_TYPE_Q6_K:
         dequant_q6_K(src, dst, n / DL_QK_K);
+        return;
+    case DL_TYPE_TQ2_0:
+        for (int64_t i = 0; i < n / DL_QK_K; i++) {
+            const dl_block_tq2_0 *b = (const dl_block_tq2_0 *)src + i;
+            float d = dl_fp16_to_f32(b->d);
+            for (int e = 0; e < DL_QK_K; e++)
+                dst[i * DL_QK_K + e] = d * (float)(tq2_code(b, e) - 1);
+        }
+        return;
+    case DL_TYPE_TQ1_0:
+        for (int64_t i = 0; i < n / DL_QK_K; i++) {
+            const dl_block_tq1_0 *b = (const dl_block_tq1_0 *)src + i;
+            float d = dl_fp16_to_f32(b->d);
+            for (int e = 0; e < DL_QK_K; e++)
+                dst[i * DL_QK_K + e] = d * (float)(tq1_code(b, e) - 1);
+        }
+        return;
+    case DL_TYPE_I2_S:
+        for (int64_t e = 0; e < n; e++)
+            dst[e] = (float)(i2s_code(src, e) - 1);
         return;
     default:
         /* No kernel for this type: NaN makes the misuse visible instead of silent zeros. */
@@ -393,6 +476,68 @@ static void quant_q6_K(const float *x, dl_block_q6_K *b, int64_t nb)
     }
 }
 
+/* Ternary: d = the block's absmax, codes round(x / d) + 1, as llama.cpp's reference. */
+static void quant_tq2_0(const float *x, dl_block_tq2_0 *b, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += DL_QK_K) {
+        b[i].d = dl_f32_to_fp16(absmax(x, DL_QK_K));
+        float d = dl_fp16_to_f32(b[i].d), id = d != 0.0f ? 1.0f / d : 0.0f;
+        memset(b[i].qs, 0, sizeof b[i].qs);
+        for (int e = 0; e < DL_QK_K; e++) {
+            int c = clampi((int)lroundf(x[e] * id), -1, 1) + 1;
+            b[i].qs[32 * (e / 128) + e % 32] |= (uint8_t)(c << (2 * (e % 128 / 32)));
+        }
+    }
+}
+
+/* Pack k trits (first = most significant) as ceil(v * 3^(5-k) * 256 / 243). */
+static uint8_t tq1_pack(const int *c, int k)
+{
+    unsigned v = 0;
+    for (int j = 0; j < k; j++)
+        v = v * 3 + (unsigned)c[j];
+    for (int j = k; j < 5; j++)
+        v *= 3;
+    return (uint8_t)((v * 256 + 242) / 243);
+}
+
+static void quant_tq1_0(const float *x, dl_block_tq1_0 *b, int64_t nb)
+{
+    for (int64_t i = 0; i < nb; i++, x += DL_QK_K) {
+        b[i].d = dl_f32_to_fp16(absmax(x, DL_QK_K));
+        float d = dl_fp16_to_f32(b[i].d), id = d != 0.0f ? 1.0f / d : 0.0f;
+        int c[DL_QK_K];
+        for (int e = 0; e < DL_QK_K; e++)
+            c[e] = clampi((int)lroundf(x[e] * id), -1, 1) + 1;
+        int t[5];
+        for (int m = 0; m < 32; m++) {
+            for (int n = 0; n < 5; n++)
+                t[n] = c[32 * n + m];
+            b[i].qs[m] = tq1_pack(t, 5);
+        }
+        for (int m = 0; m < 16; m++) {
+            for (int n = 0; n < 5; n++)
+                t[n] = c[160 + 16 * n + m];
+            b[i].qs[32 + m] = tq1_pack(t, 5);
+        }
+        for (int m = 0; m < 4; m++) {
+            for (int n = 0; n < 4; n++)
+                t[n] = c[240 + 4 * n + m];
+            b[i].qh[m] = tq1_pack(t, 4);
+        }
+    }
+}
+
+/* bitnet.cpp's rule: magnitudes below 1e-6 are 0, otherwise the sign. */
+static void quant_i2_s(const float *x, uint8_t *p, int64_t n)
+{
+    memset(p, 0, (size_t)n / 4);
+    for (int64_t e = 0; e < n; e++) {
+        int c = fabsf(x[e]) < 1e-6f ? 1 : x[e] > 0 ? 2 : 0;
+        p[e / DL_QK_I2_S * 32 + e % 32] |= (uint8_t)(c << (6 - 2 * (int)(e % DL_QK_I2_S / 32)));
+    }
+}
+
 size_t dl_quantize_row(uint32_t type, const float *src, void *dst, int64_t n)
 {
     size_t bytes = dl_row_size(type, n);
@@ -425,6 +570,15 @@ size_t dl_quantize_row(uint32_t type, const float *src, void *dst, int64_t n)
         return bytes;
     case DL_TYPE_Q6_K:
         quant_q6_K(src, dst, n / DL_QK_K);
+        return bytes;
+    case DL_TYPE_TQ2_0:
+        quant_tq2_0(src, dst, n / DL_QK_K);
+        return bytes;
+    case DL_TYPE_TQ1_0:
+        quant_tq1_0(src, dst, n / DL_QK_K);
+        return bytes;
+    case DL_TYPE_I2_S:
+        quant_i2_s(src, dst, n);
         return bytes;
     default:
         return 0; /* no quantiser for this type */
@@ -528,6 +682,28 @@ float dl_vec_dot_ref(uint32_t type, const void *row, const float *x, int64_t n)
         return dot_q4_K(row, x, n / DL_QK_K);
     case DL_TYPE_Q6_K:
         return dot_q6_K(row, x, n / DL_QK_K);
+    case DL_TYPE_TQ2_0:
+        for (int64_t i = 0; i < n / DL_QK_K; i++, x += DL_QK_K) {
+            const dl_block_tq2_0 *b = (const dl_block_tq2_0 *)row + i;
+            float s = 0.0f;
+            for (int e = 0; e < DL_QK_K; e++)
+                s += (float)(tq2_code(b, e) - 1) * x[e];
+            sum += dl_fp16_to_f32(b->d) * s;
+        }
+        return sum;
+    case DL_TYPE_TQ1_0:
+        for (int64_t i = 0; i < n / DL_QK_K; i++, x += DL_QK_K) {
+            const dl_block_tq1_0 *b = (const dl_block_tq1_0 *)row + i;
+            float s = 0.0f;
+            for (int e = 0; e < DL_QK_K; e++)
+                s += (float)(tq1_code(b, e) - 1) * x[e];
+            sum += dl_fp16_to_f32(b->d) * s;
+        }
+        return sum;
+    case DL_TYPE_I2_S:
+        for (int64_t e = 0; e < n; e++)
+            sum += (float)(i2s_code(row, e) - 1) * x[e];
+        return sum;
     default:
         return NAN; /* no kernel for this type */
     }

@@ -34,6 +34,7 @@ enum dl_type {
     DL_TYPE_BF16 = 30,
     DL_TYPE_TQ1_0 = 34,
     DL_TYPE_TQ2_0 = 35,
+    DL_TYPE_I2_S = 36, /* Microsoft bitnet.cpp's id (its ggml fork), not upstream ggml's */
     DL_TYPE_COUNT = 40
 };
 
@@ -41,6 +42,8 @@ enum dl_type {
 #define DL_QK4_0 32
 #define DL_QK_K 256
 #define DL_K_SCALE_SIZE 12
+#define DL_QK_I2_S 128  /* I2_S: values per 32-byte group of 2-bit codes */
+#define DL_I2_S_TAIL 32 /* I2_S: bytes after the packed codes (float scale + padding) */
 
 typedef uint16_t dl_fp16; /* IEEE half, raw bits */
 typedef uint16_t dl_bf16; /* bfloat16, raw bits */
@@ -61,6 +64,21 @@ typedef struct {
     dl_fp16 d;                        /* super-block scale */
 } dl_block_q6_K;                      /* 210 bytes */
 
+/* Ternary types. Codes 0, 1, 2 mean -1, 0, +1 (times the scale) in all three.
+ * TQ2_0 (llama.cpp): element 128*h + 32*l + m is bits 2l..2l+1 of qs[32*h + m].
+ * TQ1_0 (llama.cpp): base-3 digits, five per byte of qs (the first element the most
+ *   significant trit) and four per byte of qh, each byte stored as ceil(v * 256 / 243).
+ * I2_S (bitnet.cpp): not a block type; the whole tensor is 2-bit codes, every 128 values
+ *   packed into 32 bytes with value 32*g + p at bits 6-2g..7-2g of byte p, followed by
+ *   one float (the per-tensor scale) padded to DL_I2_S_TAIL bytes. Rows therefore index
+ *   like a 128-element block type of 32 bytes; only the tensor's byte size differs. */
+typedef struct { uint8_t qs[DL_QK_K / 4]; dl_fp16 d; } dl_block_tq2_0;       /* 66 bytes */
+typedef struct {
+    uint8_t qs[(DL_QK_K - 4 * DL_QK_K / 64) / 5];  /* 48 bytes: 240 values */
+    uint8_t qh[DL_QK_K / 64];                      /* 4 bytes: 16 values */
+    dl_fp16 d;
+} dl_block_tq1_0;                                  /* 54 bytes */
+
 typedef struct dl_type_traits {
     const char *name;  /* "Q4_K" */
     int64_t blck;      /* elements per block (1 for plain types) */
@@ -72,15 +90,23 @@ typedef struct dl_type_traits {
 const dl_type_traits *dl_type_info(uint32_t type);
 /* Bytes for n elements of a type; 0 when n is not a multiple of the block size. */
 size_t dl_row_size(uint32_t type, int64_t n);
+/* Bytes of a whole tensor with dimensions ne[4] (unused ones 1): rows * row size, plus
+ * I2_S's trailing scale. 0 when a row is not whole blocks or the size overflows. */
+uint64_t dl_tensor_nbytes(uint32_t type, const int64_t ne[4]);
+/* The per-tensor scale stored after an I2_S tensor of nelem values (read unaligned). */
+float dl_i2s_scale(const void *data, int64_t nelem);
 
 float dl_fp16_to_f32(dl_fp16 h);
 dl_fp16 dl_f32_to_fp16(float f); /* round to nearest even */
 float dl_bf16_to_f32(dl_bf16 h);
 dl_bf16 dl_f32_to_bf16(float f); /* round to nearest even */
 
-/* Scalar reference kernels. n must be a multiple of the type's block size. */
+/* Scalar reference kernels. n must be a multiple of the type's block size. I2_S rows
+ * carry no scale: they dequantise to -1/0/+1 (multiply by dl_i2s_scale()). */
 void dl_dequantize_row(uint32_t type, const void *src, float *dst, int64_t n);
-/* Quantize n floats (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K). Returns bytes written. */
+/* Quantize n floats (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, TQ1_0, TQ2_0, and I2_S
+ * meaning the codes of sign(x) with |x| < 1e-6 as 0, scale not written, as bitnet.cpp).
+ * Returns bytes written. */
 size_t dl_quantize_row(uint32_t type, const float *src, void *dst, int64_t n);
 /* dot(row of type, float vector) in float arithmetic — the reference for matmul. */
 float dl_vec_dot_ref(uint32_t type, const void *row, const float *x, int64_t n);

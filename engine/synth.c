@@ -34,19 +34,24 @@ typedef struct synth_shape {
     int tied;             /* no output.weight: the embedding is reused */
     int llama3_rope;      /* write rope_freqs.weight (Llama 3.1+ long-context scaling) */
     enum vocab_kind vocab;
+    int bitnet;           /* architecture bitnet-b1.58: sub-norms, ternary weights */
 } synth_shape;
 
 static const synth_shape shapes[] = {
     {"llama3.2-1b", "Llama-3.2-1B shape, random weights", 16, 2048, 32, 8, 8192, 128256,
-     131072, 500000.0f, 1, 1, VOCAB_LLAMA3},
+     131072, 500000.0f, 1, 1, VOCAB_LLAMA3, 0},
     {"smollm2-135m", "SmolLM2-135M shape, random weights", 30, 576, 9, 3, 1536, 49152, 8192,
-     100000.0f, 1, 0, VOCAB_SYNTH_BPE},
+     100000.0f, 1, 0, VOCAB_SYNTH_BPE, 0},
     {"stories15m", "stories15M shape, random weights", 6, 288, 6, 6, 768, 32000, 256,
-     10000.0f, 0, 0, VOCAB_SPM},
+     10000.0f, 0, 0, VOCAB_SPM, 0},
     {"tiny", "tiny test shape, random weights", 2, 64, 4, 2, 128, 32000, 256, 10000.0f, 0, 0,
-     VOCAB_SPM},
+     VOCAB_SPM, 0},
     {"tiny256", "tiny256 test shape, random weights", 2, 256, 4, 2, 512, 32000, 256,
-     10000.0f, 0, 0, VOCAB_SPM},
+     10000.0f, 0, 0, VOCAB_SPM, 0},
+    {"bitnet-2b4t", "BitNet-b1.58-2B-4T shape, random ternary weights", 30, 2560, 20, 5, 6912,
+     128256, 4096, 500000.0f, 1, 0, VOCAB_LLAMA3, 1},
+    {"bitnet-tiny", "tiny BitNet test shape, random ternary weights", 2, 256, 4, 2, 512,
+     32000, 256, 10000.0f, 1, 0, VOCAB_SPM, 1},
 };
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
 
@@ -71,7 +76,7 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...)
 
 /* ---- tensor plan ----------------------------------------------------------------------- */
 
-enum fill { FILL_RANDOM, FILL_ONES, FILL_ROPE_FREQS };
+enum fill { FILL_RANDOM, FILL_ONES, FILL_ROPE_FREQS, FILL_TERNARY, FILL_NORM };
 enum role { ROLE_OTHER, ROLE_OUTPUT, ROLE_ATTN_V, ROLE_FFN_DOWN };
 
 typedef struct plan_tensor {
@@ -100,6 +105,9 @@ static int ftype_of(uint32_t type)
     case DL_TYPE_Q4_K: return 15; /* Q4_K_M */
     case DL_TYPE_Q6_K: return 18;
     case DL_TYPE_BF16: return 32;
+    case DL_TYPE_TQ1_0: return 36;
+    case DL_TYPE_TQ2_0: return 37;
+    case DL_TYPE_I2_S: return 40; /* bitnet.cpp's LLAMA_FTYPE_MOSTLY_I2_S */
     default: return -1;
     }
 }
@@ -137,11 +145,43 @@ static void plan_add(plan_tensor *p, int *n, const char *name, int64_t ne0, int6
     t->fill = fill;
 }
 
+/* BitNet b1.58 as bitnet.cpp writes it: F16 tied embedding, F32 norms (the sub-norms
+ * random around 1 so that they matter in tests), every projection ternary in `type`. */
+static int make_bitnet_plan(const synth_shape *s, uint32_t type, plan_tensor *p)
+{
+    int n = 0, kv = s->n_embd / s->n_head * s->n_head_kv;
+    char name[64];
+    plan_add(p, &n, "token_embd.weight", s->n_embd, s->n_vocab, DL_TYPE_F16, FILL_RANDOM);
+    for (int l = 0; l < s->n_layer; l++) {
+        static const struct { const char *suffix; int in, out; } mats[] = {
+            {"attn_q", 0, 0}, {"attn_k", 0, 1}, {"attn_v", 0, 1}, {"attn_output", 0, 0},
+            {"ffn_gate", 0, 2}, {"ffn_up", 0, 2}, {"ffn_down", 2, 0},
+        };
+        const int64_t width[3] = {s->n_embd, kv, s->n_ff};
+        static const char *const norms[4] = {"attn_norm", "attn_sub_norm", "ffn_norm",
+                                             "ffn_sub_norm"};
+        static const int norm_before[4] = {0, 3, 4, 6}, norm_width[4] = {0, 0, 0, 2};
+        for (size_t m = 0; m < sizeof mats / sizeof mats[0]; m++) {
+            for (int k = 0; k < 4; k++)
+                if (norm_before[k] == (int)m) {
+                    snprintf(name, sizeof name, "blk.%d.%s.weight", l, norms[k]);
+                    plan_add(p, &n, name, width[norm_width[k]], 0, DL_TYPE_F32, FILL_NORM);
+                }
+            snprintf(name, sizeof name, "blk.%d.%s.weight", l, mats[m].suffix);
+            plan_add(p, &n, name, width[mats[m].in], width[mats[m].out], type, FILL_TERNARY);
+        }
+    }
+    plan_add(p, &n, "output_norm.weight", s->n_embd, 0, DL_TYPE_F32, FILL_NORM);
+    return n;
+}
+
 /* Tensors in llama.cpp's naming; ne[0] is the input width of each matrix. Returns count. */
 static int make_plan(const synth_shape *s, uint32_t type, plan_tensor *p)
 {
     int n = 0, hd = s->n_embd / s->n_head, kv = hd * s->n_head_kv;
     char name[64];
+    if (s->bitnet)
+        return make_bitnet_plan(s, type, p);
     if (s->llama3_rope)
         plan_add(p, &n, "rope_freqs.weight", hd / 2, 0, DL_TYPE_F32, FILL_ROPE_FREQS);
     plan_add(p, &n, "token_embd.weight", s->n_embd, s->n_vocab,
@@ -184,20 +224,24 @@ static int add_model_kv(dl_gguf_writer *w, const synth_shape *s, uint32_t type)
 #define ADD(call) \
     if ((rc = (call)) != 0) \
         return rc
-    ADD(dl_gguf_writer_add_str(w, "general.architecture", "llama"));
+    const char *arch = s->bitnet ? "bitnet-b1.58" : "llama";
+    char key[96];
+#define KEY(suffix) (snprintf(key, sizeof key, "%s.%s", arch, suffix), key)
+    ADD(dl_gguf_writer_add_str(w, "general.architecture", arch));
     ADD(dl_gguf_writer_add_str(w, "general.name", s->title));
     ADD(dl_gguf_writer_add_u32(w, "general.file_type", (uint32_t)ftype_of(type)));
     ADD(dl_gguf_writer_add_u32(w, "general.quantization_version", 2));
-    ADD(dl_gguf_writer_add_u32(w, "llama.context_length", s->n_ctx));
-    ADD(dl_gguf_writer_add_u32(w, "llama.embedding_length", (uint32_t)s->n_embd));
-    ADD(dl_gguf_writer_add_u32(w, "llama.block_count", (uint32_t)s->n_layer));
-    ADD(dl_gguf_writer_add_u32(w, "llama.feed_forward_length", (uint32_t)s->n_ff));
-    ADD(dl_gguf_writer_add_u32(w, "llama.attention.head_count", (uint32_t)s->n_head));
-    ADD(dl_gguf_writer_add_u32(w, "llama.attention.head_count_kv", (uint32_t)s->n_head_kv));
-    ADD(dl_gguf_writer_add_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f));
-    ADD(dl_gguf_writer_add_f32(w, "llama.rope.freq_base", s->rope_base));
-    ADD(dl_gguf_writer_add_u32(w, "llama.rope.dimension_count", (uint32_t)hd));
-    ADD(dl_gguf_writer_add_u32(w, "llama.vocab_size", (uint32_t)s->n_vocab));
+    ADD(dl_gguf_writer_add_u32(w, KEY("context_length"), s->n_ctx));
+    ADD(dl_gguf_writer_add_u32(w, KEY("embedding_length"), (uint32_t)s->n_embd));
+    ADD(dl_gguf_writer_add_u32(w, KEY("block_count"), (uint32_t)s->n_layer));
+    ADD(dl_gguf_writer_add_u32(w, KEY("feed_forward_length"), (uint32_t)s->n_ff));
+    ADD(dl_gguf_writer_add_u32(w, KEY("attention.head_count"), (uint32_t)s->n_head));
+    ADD(dl_gguf_writer_add_u32(w, KEY("attention.head_count_kv"), (uint32_t)s->n_head_kv));
+    ADD(dl_gguf_writer_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-5f));
+    ADD(dl_gguf_writer_add_f32(w, KEY("rope.freq_base"), s->rope_base));
+    ADD(dl_gguf_writer_add_u32(w, KEY("rope.dimension_count"), (uint32_t)hd));
+    ADD(dl_gguf_writer_add_u32(w, KEY("vocab_size"), (uint32_t)s->n_vocab));
+#undef KEY
 #undef ADD
     return 0;
 }
@@ -530,6 +574,9 @@ static int write_tensor(dl_gguf_writer *w, const plan_tensor *t, const synth_sha
     /* uniform on [-a, a] with a = 0.02 * sqrt(3) has standard deviation 0.02 */
     const float a = 0.02f * 1.7320508f;
     uint64_t state = seed;
+    /* ternary weights: one per-tensor scale, fp16-exact so that I2_S and TQ2_0 encode
+     * exactly the same values; about 1/sqrt(fan-in) keeps activations near unit size */
+    float tscale = dl_fp16_to_f32(dl_f32_to_fp16(1.0f / sqrtf((float)ne0)));
     for (int64_t r0 = 0; r0 < rows; r0 += per_chunk) {
         int64_t nr = rows - r0 < per_chunk ? rows - r0 : per_chunk;
         for (int64_t r = 0; r < nr; r++) {
@@ -538,6 +585,10 @@ static int write_tensor(dl_gguf_writer *w, const plan_tensor *t, const synth_sha
                     row[i] = 1.0f;
                 else if (t->fill == FILL_RANDOM)
                     row[i] = ((float)(splitmix64(&state) >> 40) * 0x1p-23f - 1.0f) * a;
+                else if (t->fill == FILL_TERNARY)
+                    row[i] = tscale * (float)((int)(splitmix64(&state) % 3) - 1);
+                else if (t->fill == FILL_NORM)
+                    row[i] = 0.75f + 0.5f * (float)(splitmix64(&state) >> 40) * 0x1p-24f;
             }
             if (t->fill == FILL_ROPE_FREQS)
                 llama3_rope_factors(row, (int)ne0, s->n_embd / s->n_head, s->rope_base);
@@ -546,6 +597,11 @@ static int write_tensor(dl_gguf_writer *w, const plan_tensor *t, const synth_sha
         int rc = dl_gguf_writer_write(w, chunk, (size_t)nr * row_bytes, err, errlen);
         if (rc)
             return rc;
+    }
+    if (t->type == DL_TYPE_I2_S) {
+        uint8_t tail[DL_I2_S_TAIL] = {0};
+        memcpy(tail, &tscale, sizeof tscale);
+        return dl_gguf_writer_write(w, tail, sizeof tail, err, errlen);
     }
     return 0;
 }
@@ -602,10 +658,12 @@ int dl_synth_write(const char *shape, uint32_t type, const char *path, uint64_t 
         set_err(err, errlen, "synth: unknown shape '%s'", shape ? shape : "");
         return -EINVAL;
     }
-    if (ftype_of(type) < 0) {
+    int ternary = type == DL_TYPE_I2_S || type == DL_TYPE_TQ1_0 || type == DL_TYPE_TQ2_0;
+    if (ftype_of(type) < 0 || ternary != s->bitnet) {
         const dl_type_traits *tt = dl_type_info(type);
-        set_err(err, errlen, "synth: type %s not supported (F32, F16, BF16, Q8_0, Q4_0, "
-                "Q4_K, Q6_K)", tt ? tt->name : "?");
+        set_err(err, errlen, "synth: type %s not supported for shape %s (%s)",
+                tt ? tt->name : "?", s->name,
+                s->bitnet ? "I2_S, TQ1_0, TQ2_0" : "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K");
         return -EINVAL;
     }
     const char *vfile = s->vocab == VOCAB_SPM ? "ggml-vocab-llama-spm.gguf"
@@ -645,7 +703,7 @@ int dl_synth_write(const char *shape, uint32_t type, const char *path, uint64_t 
     }
     if (rc)
         goto done;
-    plan = calloc((size_t)(s->n_layer * 9 + 4), sizeof *plan);
+    plan = calloc((size_t)(s->n_layer * 11 + 4), sizeof *plan);
     if (!plan) {
         rc = -ENOMEM;
         set_err(err, errlen, "synth: out of memory");

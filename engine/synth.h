@@ -13,6 +13,14 @@
  *   tiny          2 layers, 64 wide, 4 / 2 heads of 16, FFN 128, SPM vocabulary (tests)
  *   tiny256       2 layers, 256 wide, 4 / 2 heads of 64, FFN 512, SPM vocabulary: the
  *                 smallest shape whose rows fit K-quant blocks, so Q4_K/Q6_K get tested
+ *   bitnet-2b4t   BitNet-b1.58-2B-4T: architecture bitnet-b1.58, 30 layers, 2560 wide,
+ *                 20 / 5 heads of 128, FFN 6912, vocab 128256 (Llama-3 BPE), RoPE 500000,
+ *                 tied F16 embedding, attn/ffn sub-norms, ternary projections
+ *   bitnet-tiny   the same architecture at tiny256's size, SPM vocabulary (tests)
+ *
+ * BitNet shapes take only I2_S, TQ1_0 or TQ2_0 (the projections; random -1/0/+1 times a
+ * per-tensor fp16-exact scale ~ 1/sqrt(fan-in), so every encoding holds the same values);
+ * their norm weights are random in [0.75, 1.25).
  *
  * Types: F32, F16, BF16, Q8_0, Q4_0 (every 2-D weight that type), Q6_K, and Q4_K meaning
  * llama.cpp's Q4_K_M mix: Q6_K for output.weight (token_embd.weight when tied) and for
@@ -29,7 +37,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Write a model to path. type: enum dl_type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K).
+/* Write a model to path. type: enum dl_type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K; for
+ * BitNet shapes I2_S, TQ1_0, TQ2_0).
  * shared_dir: the folder holding models/ (the vocabulary sources), e.g. "../shared".
  * Returns 0 or a negative errno-style code with a message in err; a partial file is
  * removed. */

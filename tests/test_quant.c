@@ -43,7 +43,8 @@ START_TEST(test_traits)
         {DL_TYPE_Q8_K, "Q8_K", 256, 292, 0}, {DL_TYPE_I8, "I8", 1, 1, 0},
         {DL_TYPE_I16, "I16", 1, 2, 0},      {DL_TYPE_I32, "I32", 1, 4, 0},
         {DL_TYPE_I64, "I64", 1, 8, 0},      {DL_TYPE_F64, "F64", 1, 8, 0},
-        {DL_TYPE_TQ1_0, "TQ1_0", 256, 54, 0}, {DL_TYPE_TQ2_0, "TQ2_0", 256, 66, 0},
+        {DL_TYPE_TQ1_0, "TQ1_0", 256, 54, 1}, {DL_TYPE_TQ2_0, "TQ2_0", 256, 66, 1},
+        {DL_TYPE_I2_S, "I2_S", 128, 32, 1},
     };
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         const dl_type_traits *t = dl_type_info(want[i].id);
@@ -54,7 +55,7 @@ START_TEST(test_traits)
         ck_assert_int_eq(t->can_matmul, want[i].mm);
     }
     /* ids ggml retired or never assigned, and ids past the table */
-    const uint32_t unknown[] = {4, 5, 16, 23, 29, 31, 33, 36, 39, 40, 41, 1000, UINT32_MAX};
+    const uint32_t unknown[] = {4, 5, 16, 23, 29, 31, 33, 37, 39, 40, 41, 1000, UINT32_MAX};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++)
         ck_assert_ptr_null(dl_type_info(unknown[i]));
 }

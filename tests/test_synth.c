@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "gguf.h"
+#include "model.h"
 #include "quant.h"
 #include "synth.h"
 #include "testutil.h"
@@ -311,8 +312,48 @@ START_TEST(test_refusals)
     int n = 0, has_1b = 0;
     for (; names[n]; n++)
         has_1b |= !strcmp(names[n], "llama3.2-1b");
-    ck_assert_int_eq(n, 5);
+    ck_assert_int_eq(n, 7);
     ck_assert(has_1b);
+    /* BitNet shapes take only ternary types, llama shapes none */
+    ck_assert_int_eq(dl_synth_write("bitnet-tiny", DL_TYPE_F16, path, 1, shared_dir(), err,
+                                    sizeof err), -EINVAL);
+    ck_assert_int_eq(dl_synth_write("tiny256", DL_TYPE_TQ2_0, path, 1, shared_dir(), err,
+                                    sizeof err), -EINVAL);
+    remove_tmpdir();
+}
+END_TEST
+
+/* The tiny BitNet shape: its architecture, tensor types (I2_S with the trailing scale,
+ * F16 tied embedding, F32 sub-norms) and a model that loads. */
+START_TEST(test_bitnet_tiny)
+{
+    make_tmpdir();
+    const char *path = tmp_path("bitnet.gguf");
+    char err[256] = "";
+    ck_assert_msg(dl_synth_write("bitnet-tiny", DL_TYPE_I2_S, path, 3, shared_dir(), err,
+                                 sizeof err) == 0, "%s", err);
+    dl_gguf *g;
+    ck_assert_msg(dl_gguf_open(path, &g, err, sizeof err) == 0, "%s", err);
+    dl_str arch;
+    ck_assert_int_eq(dl_gguf_get_str(g, "general.architecture", &arch), 0);
+    ck_assert(dl_str_eq(arch, "bitnet-b1.58"));
+    uint32_t ft;
+    ck_assert_int_eq(dl_gguf_get_u32(g, "general.file_type", &ft), 0);
+    ck_assert_uint_eq(ft, 40);
+    const dl_gguf_tensor *t = dl_gguf_find_tensor(g, "blk.1.ffn_down.weight");
+    ck_assert_uint_eq(t->type, DL_TYPE_I2_S);
+    ck_assert_uint_eq(t->nbytes, 512 * 256 / 4 + 32);
+    float scale = dl_i2s_scale(t->data, 512 * 256);
+    ck_assert(scale == dl_fp16_to_f32(dl_f32_to_fp16(1.0f / sqrtf(512.0f))));
+    ck_assert_uint_eq(dl_gguf_find_tensor(g, "token_embd.weight")->type, DL_TYPE_F16);
+    ck_assert_ptr_null(dl_gguf_find_tensor(g, "output.weight"));
+    ck_assert_int_eq(dl_gguf_find_tensor(g, "blk.0.ffn_sub_norm.weight")->ne[0], 512);
+    ck_assert_int_eq(dl_gguf_find_tensor(g, "blk.0.attn_sub_norm.weight")->ne[0], 256);
+    dl_gguf_close(g);
+    dl_model *m;
+    ck_assert_msg(dl_model_load(path, &m, err, sizeof err) == 0, "%s", err);
+    dl_model_free(m);
+    unlink(path);
     remove_tmpdir();
 }
 END_TEST
@@ -327,6 +368,7 @@ static Suite *synth_suite(void)
     tcase_add_test(tc, test_tiny256_q4_k_mix);
     tcase_add_test(tc, test_deterministic);
     tcase_add_test(tc, test_refusals);
+    tcase_add_test(tc, test_bitnet_tiny);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -1,0 +1,247 @@
+/* ternary.c — BitLinear products (see ternary.h): activation quantisation, the scalar
+ * paths, dispatch to the AVX2 / AVX-512 dots and the split across the pool.
+ *
+ * Scratch layout for n_tok tokens of width cols (nb = cols / 128 groups):
+ *   float   s[n_tok]               activation scale 127 / absmax (1 for an all-zero row)
+ *   int32_t sums[n_tok][nb + 1]    sum(q) per 128-group, then the row total
+ *   int8_t  q[n_tok][cols]         quantised activations
+ * each region starting on a 64-byte boundary. The codes are unsigned (0..2), so a dot is
+ * sum(code * q) - sum(q): the sums turn it into sum((code - 1) * q). */
+#include "ternary.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "quant.h"
+#include "ternary_impl.h"
+
+#define ROW_TILE 16 /* rows per task unit: their codes stay in L1/L2 across the tokens */
+
+int dl_is_ternary(uint32_t type)
+{
+    return type == DL_TYPE_I2_S || type == DL_TYPE_TQ2_0 || type == DL_TYPE_TQ1_0;
+}
+
+static size_t pad64(size_t n)
+{
+    return (n + 63) & ~(size_t)63;
+}
+
+typedef struct act_view {
+    float *s;
+    int32_t *sums;
+    int8_t *q;
+    int64_t nb; /* 128-groups per token */
+} act_view;
+
+static act_view view(void *scratch, int n_tok, int64_t cols)
+{
+    act_view v;
+    char *p = scratch;
+    v.nb = cols / DL_QK_I2_S;
+    v.s = (float *)p;
+    p += pad64((size_t)n_tok * sizeof(float));
+    v.sums = (int32_t *)p;
+    p += pad64((size_t)n_tok * (size_t)(v.nb + 1) * sizeof(int32_t));
+    v.q = (int8_t *)p;
+    return v;
+}
+
+size_t dl_ternary_scratch_size(int n_tok, int64_t cols)
+{
+    int64_t nb = cols / DL_QK_I2_S;
+    return pad64((size_t)n_tok * sizeof(float)) +
+           pad64((size_t)n_tok * (size_t)(nb + 1) * sizeof(int32_t)) +
+           (size_t)n_tok * (size_t)cols + 64;
+}
+
+/* ---- activation quantisation ------------------------------------------------------------ */
+
+typedef struct quant_args {
+    const float *x;
+    int n_tok;
+    int64_t cols;
+    act_view v;
+} quant_args;
+
+static void quantize_token(const float *x, int64_t cols, float *s_out, int32_t *sums, int8_t *q)
+{
+    float amax = 0.0f;
+    for (int64_t i = 0; i < cols; i++)
+        amax = fmaxf(amax, fabsf(x[i]));
+    float s = amax > 0.0f ? 127.0f / amax : 1.0f;
+    int32_t total = 0;
+    for (int64_t g = 0; g < cols / DL_QK_I2_S; g++) {
+        int32_t sum = 0;
+        for (int j = 0; j < DL_QK_I2_S; j++) {
+            long v = lrintf(x[g * DL_QK_I2_S + j] * s);
+            v = v > 127 ? 127 : v < -128 ? -128 : v;
+            q[g * DL_QK_I2_S + j] = (int8_t)v;
+            sum += (int32_t)v;
+        }
+        sums[g] = sum;
+        total += sum;
+    }
+    sums[cols / DL_QK_I2_S] = total;
+    *s_out = s;
+}
+
+static void quant_task(void *arg, int ith, int nth)
+{
+    const quant_args *a = arg;
+    long lo, hi;
+    dl_split(a->n_tok, ith, nth, &lo, &hi);
+    for (long t = lo; t < hi; t++)
+        quantize_token(a->x + t * a->cols, a->cols, &a->v.s[t], a->v.sums + t * (a->v.nb + 1),
+                       a->v.q + t * a->cols);
+}
+
+void dl_ternary_quantize(dl_pool *pool, const float *x, int n_tok, int64_t cols, void *scratch)
+{
+    quant_args a = {x, n_tok, cols, view(scratch, n_tok, cols)};
+    if (n_tok == 1)
+        quant_task(&a, 0, 1); /* one token: not worth waking the pool */
+    else
+        dl_pool_run(pool, quant_task, &a);
+}
+
+/* ---- scalar dots ------------------------------------------------------------------------ */
+
+static int32_t i2s_dot_scalar(const uint8_t *w, const int8_t *q, int64_t n)
+{
+    int32_t sum = 0;
+    for (int64_t g = 0; g < n / 128; g++, w += 32, q += 128)
+        for (int p = 0; p < 32; p++)
+            for (int k = 0; k < 4; k++)
+                sum += ((w[p] >> (6 - 2 * k)) & 3) * q[32 * k + p];
+    return sum;
+}
+
+static int32_t tq2_dot_scalar(const uint8_t *qs, const int8_t *q)
+{
+    int32_t sum = 0;
+    for (int h = 0; h < 2; h++)
+        for (int p = 0; p < 32; p++)
+            for (int k = 0; k < 4; k++)
+                sum += ((qs[32 * h + p] >> (2 * k)) & 3) * q[128 * h + 32 * k + p];
+    return sum;
+}
+
+/* TQ1_0 has no SIMD path: its base-3 bytes are decoded here on every ISA. */
+static int tq1_trit(uint8_t byte, int n)
+{
+    static const uint8_t pow3[5] = {1, 3, 9, 27, 81};
+    return ((unsigned)(uint8_t)(byte * pow3[n]) * 3) >> 8;
+}
+
+static int32_t tq1_dot(const dl_block_tq1_0 *b, const int8_t *q)
+{
+    int32_t sum = 0;
+    for (int n = 0; n < 5; n++)
+        for (int m = 0; m < 32; m++)
+            sum += tq1_trit(b->qs[m], n) * q[32 * n + m];
+    for (int n = 0; n < 5; n++)
+        for (int m = 0; m < 16; m++)
+            sum += tq1_trit(b->qs[32 + m], n) * q[160 + 16 * n + m];
+    for (int n = 0; n < 4; n++)
+        for (int m = 0; m < 4; m++)
+            sum += tq1_trit(b->qh[m], n) * q[240 + 4 * n + m];
+    return sum;
+}
+
+/* ---- rows ------------------------------------------------------------------------------- */
+
+typedef struct dots {
+    dl__i2s_dot_fn i2s;
+    dl__tq2_dot_fn tq2;
+} dots;
+
+static dots pick_dots(void)
+{
+    switch (dl_isa_active()) {
+    case DL_ISA_AVX512:
+        return (dots){dl__i2s_dot_avx512, dl__tq2_dot_avx512};
+    case DL_ISA_AVX2:
+        return (dots){dl__i2s_dot_avx2, dl__tq2_dot_avx2};
+    default:
+        return (dots){i2s_dot_scalar, tq2_dot_scalar};
+    }
+}
+
+/* A TQ row: blocks whose fp16 d is bit-equal to the previous one extend an integer run;
+ * each run is converted once (see ternary.h on why). */
+static float tq_row(uint32_t type, const void *row, const int8_t *q, const int32_t *sums,
+                    int64_t nblk, const dots *k)
+{
+    float acc = 0.0f;
+    int32_t run = 0;
+    dl_fp16 d = 0;
+    for (int64_t i = 0; i < nblk; i++) {
+        dl_fp16 bd;
+        int32_t dot;
+        if (type == DL_TYPE_TQ2_0) {
+            const dl_block_tq2_0 *b = (const dl_block_tq2_0 *)row + i;
+            bd = b->d;
+            dot = k->tq2(b->qs, q + 256 * i);
+        } else {
+            const dl_block_tq1_0 *b = (const dl_block_tq1_0 *)row + i;
+            bd = b->d;
+            dot = tq1_dot(b, q + 256 * i);
+        }
+        if (i > 0 && bd != d) {
+            acc += (float)run * dl_fp16_to_f32(d);
+            run = 0;
+        }
+        d = bd;
+        run += dot - sums[2 * i] - sums[2 * i + 1];
+    }
+    return acc + (float)run * dl_fp16_to_f32(d);
+}
+
+typedef struct mm_args {
+    const dl_weight *w;
+    float scale;
+    act_view v;
+    float *y;
+    int n_tok;
+    dots k;
+} mm_args;
+
+static void mm_task(void *arg, int ith, int nth)
+{
+    const mm_args *a = arg;
+    const dl_weight *w = a->w;
+    long lo, hi;
+    dl_split((w->rows + ROW_TILE - 1) / ROW_TILE, ith, nth, &lo, &hi);
+    for (long tile = lo; tile < hi; tile++) {
+        int64_t r0 = tile * ROW_TILE, r1 = r0 + ROW_TILE < w->rows ? r0 + ROW_TILE : w->rows;
+        for (int t = 0; t < a->n_tok; t++) {
+            const int8_t *q = a->v.q + (int64_t)t * w->cols;
+            const int32_t *sums = a->v.sums + t * (a->v.nb + 1);
+            float *y = a->y + (int64_t)t * w->rows;
+            for (int64_t r = r0; r < r1; r++) {
+                const uint8_t *row = (const uint8_t *)w->data + r * (int64_t)w->row_bytes;
+                float acc;
+                if (w->type == DL_TYPE_I2_S)
+                    acc = (float)(a->k.i2s(row, q, w->cols) - sums[a->v.nb]);
+                else
+                    acc = tq_row(w->type, row, q, sums, w->cols / DL_QK_K, &a->k);
+                y[r] = acc * a->scale / a->v.s[t];
+            }
+        }
+    }
+}
+
+void dl_ternary_matmul_q(dl_pool *pool, const dl_weight *w, float scale, const void *scratch,
+                         float *y, int n_tok)
+{
+    mm_args a = {w, scale, view((void *)scratch, n_tok, w->cols), y, n_tok, pick_dots()};
+    dl_pool_run(pool, mm_task, &a);
+}
+
+void dl_ternary_matmul(dl_pool *pool, const dl_weight *w, float scale, const float *x,
+                       float *y, int n_tok, void *scratch)
+{
+    dl_ternary_quantize(pool, x, n_tok, w->cols, scratch);
+    dl_ternary_matmul_q(pool, w, scale, scratch, y, n_tok);
+}
