@@ -24,6 +24,7 @@ struct dl_metrics {
     uint64_t cancels[DL_CANCEL_COUNT];
     hist h[DL_H_COUNT];
     uint64_t prompt_tokens, gen_tokens, cached_tokens;
+    uint64_t passes, prefill_tokens;
     uint64_t prefix_hits, prefix_queries;
     dl_delta_stage_stats sp[2];
     int running, waiting, sessions, entries;
@@ -146,6 +147,14 @@ void dl_metrics_tokens(dl_metrics *m, uint64_t prompt, uint64_t generated, uint6
     pthread_mutex_unlock(&m->lock);
 }
 
+void dl_metrics_pass(dl_metrics *m, uint64_t prefill_tokens)
+{
+    pthread_mutex_lock(&m->lock);
+    m->passes++;
+    m->prefill_tokens += prefill_tokens;
+    pthread_mutex_unlock(&m->lock);
+}
+
 void dl_metrics_prefix(dl_metrics *m, int hit)
 {
     pthread_mutex_lock(&m->lock);
@@ -252,6 +261,11 @@ void dl_metrics_render(dl_metrics *m, dl_sbuf *o)
     dl_sbuf_printf(o, "deltallm_prompt_tokens_total %llu\n", (unsigned long long)m->prompt_tokens);
     head(o, "deltallm_generated_tokens_total", "counter", "Tokens generated.");
     dl_sbuf_printf(o, "deltallm_generated_tokens_total %llu\n", (unsigned long long)m->gen_tokens);
+    head(o, "deltallm_forward_passes_total", "counter", "Batched forward passes (scheduler steps).");
+    dl_sbuf_printf(o, "deltallm_forward_passes_total %llu\n", (unsigned long long)m->passes);
+    head(o, "deltallm_prefill_tokens_total", "counter", "Prompt tokens run through the model.");
+    dl_sbuf_printf(o, "deltallm_prefill_tokens_total %llu\n",
+                   (unsigned long long)m->prefill_tokens);
     head(o, "deltallm_cached_prompt_tokens_total", "counter", "Prompt tokens reused from cache.");
     dl_sbuf_printf(o, "deltallm_cached_prompt_tokens_total %llu\n",
                    (unsigned long long)m->cached_tokens);

@@ -34,6 +34,8 @@ void dl_metrics_cancel(dl_metrics *m, int reason);
 void dl_metrics_observe(dl_metrics *m, int hist, double v);
 void dl_metrics_tokens(dl_metrics *m, uint64_t prompt, uint64_t generated, uint64_t cached);
 void dl_metrics_prefix(dl_metrics *m, int hit);
+/* One scheduler step: a forward pass that ran prefill_tokens prompt tokens. */
+void dl_metrics_pass(dl_metrics *m, uint64_t prefill_tokens);
 void dl_metrics_sparsity(dl_metrics *m, const dl_delta_stage_stats st[2]);
 void dl_metrics_set_model(dl_metrics *m, const char *model_name);
 /* Gauges, set by the scheduler when asked. */

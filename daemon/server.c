@@ -309,6 +309,33 @@ static void head_json(dl_sbuf *b, const dl_job *j, const char *object)
     dl_sbuf_json_str(b, j->model_name, strlen(j->model_name));
 }
 
+/* Completions `echo`: the prompt as text (token-id prompts detokenised, invalid UTF-8
+ * replaced) appended to e. */
+static void echo_prompt(dl_sbuf *e, const dl_job *j, const dl_choice *c, const dl_tokenizer *t)
+{
+    const dl_prompt *p = &j->req.prompts[c->prompt];
+    if (p->text) {
+        dl_sbuf_puts(e, p->text);
+        return;
+    }
+    if (!t)
+        return;
+    int need = dl_detokenize(t, p->tokens, p->n_tokens, 1, 0, NULL, 0);
+    if (need <= 0)
+        return;
+    char *raw = malloc((size_t)need + 1), *clean = malloc((size_t)need + 16);
+    if (raw && clean) {
+        dl_detokenize(t, p->tokens, p->n_tokens, 1, 0, raw, need + 1);
+        dl_utf8_stream u;
+        dl_utf8_stream_init(&u);
+        int m = dl_utf8_stream_feed(&u, raw, need, clean, need + 16);
+        m += dl_utf8_stream_flush(&u, clean + m, need + 16 - m);
+        dl_sbuf_add(e, clean, (size_t)m);
+    }
+    free(raw);
+    free(clean);
+}
+
 /* Streaming chunk writer (dl_job_chunk_fn). c == NULL: end of stream. */
 static void on_chunk(dl_job *j, dl_choice *c, const char *text, size_t n, int finish,
                      dl_sbuf *out)
@@ -351,6 +378,15 @@ static void on_chunk(dl_job *j, dl_choice *c, const char *text, size_t n, int fi
             dl_sbuf_json_str(out, text ? text : "", n);
         }
         dl_sbuf_puts(out, "}");
+    } else if (j->req.echo && c->n_chunks == 0) {
+        /* echo with stream: the first chunk carries the prompt before the first text */
+        dl_sbuf e;
+        dl_sbuf_init(&e, 256);
+        echo_prompt(&e, j, c, t);
+        dl_sbuf_add(&e, text ? text : "", n);
+        dl_sbuf_puts(out, "\"text\":");
+        dl_sbuf_json_str(out, e.p ? e.p : "", e.len);
+        dl_sbuf_free(&e);
     } else {
         dl_sbuf_puts(out, "\"text\":");
         dl_sbuf_json_str(out, text ? text : "", n);
@@ -360,7 +396,7 @@ static void on_chunk(dl_job *j, dl_choice *c, const char *text, size_t n, int fi
         if (chat)
             chat_logprobs(out, t, c, c->n_lp_sent, c->n_lp);
         else
-            cmpl_logprobs(out, t, j, c, c->n_lp_sent, c->n_lp, 0);
+            cmpl_logprobs(out, t, j, c, c->n_lp_sent, c->n_lp, j->req.echo && c->n_chunks == 0);
         c->n_lp_sent = c->n_lp;
     } else {
         dl_sbuf_puts(out, "null");
@@ -390,27 +426,9 @@ static void final_json(dl_sbuf *b, const dl_job *j, const dl_tokenizer *t)
             dl_sbuf_puts(b, "\"text\":");
             if (j->req.echo) {
                 /* echo: the prompt text, then the completion */
-                const dl_prompt *p = &j->req.prompts[c->prompt];
                 dl_sbuf e;
                 dl_sbuf_init(&e, 256);
-                if (p->text) {
-                    dl_sbuf_puts(&e, p->text);
-                } else if (t) {
-                    int need = dl_detokenize(t, p->tokens, p->n_tokens, 1, 0, NULL, 0);
-                    if (need > 0 && !dl_sbuf_reserve(&e, (size_t)need + 8)) {
-                        dl_detokenize(t, p->tokens, p->n_tokens, 1, 0, e.p, need + 1);
-                        dl_utf8_stream u;
-                        dl_utf8_stream_init(&u);
-                        char *clean = malloc((size_t)need + 16);
-                        if (clean) {
-                            int m = dl_utf8_stream_feed(&u, e.p, need, clean, need + 16);
-                            m += dl_utf8_stream_flush(&u, clean + m, need + 16 - m);
-                            e.len = 0;
-                            dl_sbuf_add(&e, clean, (size_t)m);
-                            free(clean);
-                        }
-                    }
-                }
+                echo_prompt(&e, j, c, t);
                 dl_sbuf_add(&e, c->text.p, c->text.len);
                 dl_sbuf_json_str(b, e.p, e.len);
                 dl_sbuf_free(&e);

@@ -41,6 +41,7 @@ typedef struct run {
     int has_next;
     size_t emitted;       /* bytes of ch->text already streamed */
     double t_prefill0, t_first, t_last;
+    int lead_done;        /* chat: the reply's first text has been seen (leading space dropped) */
     dl_delta_stage_stats base[2];
     float *logits;        /* [n_vocab] */
     float *echo_logits;   /* [echo_cap x n_vocab] for prompt log-probs, or NULL */
@@ -670,7 +671,17 @@ static int sample_next(dl_sched *s, int idx)
         n = (int)sizeof s->scratch;
     int m = dl_utf8_stream_feed(&r->u8, s->scratch, n, s->u8out, sizeof s->u8out);
     size_t before = c->text.len;
-    dl_sbuf_add(&c->text, s->u8out, (size_t)m);
+    const char *piece = s->u8out;
+    if (j->req.kind == DL_REQ_CHAT && !r->lead_done && m > 0) {
+        /* SentencePiece-style vocabularies start a word with a space; a chat reply's
+         * content should not (the CLI, which continues a prompt, keeps it) */
+        r->lead_done = 1;
+        if (piece[0] == ' ') {
+            piece++;
+            m--;
+        }
+    }
+    dl_sbuf_add(&c->text, piece, (size_t)m);
     size_t hold = 0;
     if (j->req.n_stops) {
         const char *stops[DL_MAX_STOPS];
@@ -754,6 +765,13 @@ static int step(dl_sched *s)
                 }
         reap(s);
         return rc;
+    }
+    if (s->o.metrics) {
+        uint64_t fed = 0;
+        for (int i = 0; i < n_items; i++)
+            if (!s->runs[item_run[i]].has_next)
+                fed += (uint64_t)s->items[i].n_tokens;
+        dl_metrics_pass(s->o.metrics, fed);
     }
     for (int i = 0; i < n_items; i++) {
         int k = item_run[i];

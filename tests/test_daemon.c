@@ -921,6 +921,67 @@ START_TEST(disconnect_frees_sequence)
 }
 END_TEST
 
+/* A long prompt (token ids) fed 2 tokens per step takes thousands of steps to prefill; the
+ * client leaves once prefill has started. The sequence must be freed before the prompt is
+ * done (prefilled tokens < prompt length, nothing generated), counted as a disconnect. */
+START_TEST(disconnect_mid_prefill_frees_sequence)
+{
+    static const char *extra[] = {"--api-key", KEY, "--parallel", "2", "--ctx", "8192",
+                                  "--batch", "2", NULL};
+    enum { NP = 7000 };
+    daemon_proc d;
+    start_daemon(&d, extra);
+    size_t cap = NP * 8 + 256, len = 0;
+    char *body0 = malloc(cap);
+    ck_assert(body0 != NULL);
+    len += (size_t)snprintf(body0 + len, cap - len, "{\"prompt\":[");
+    for (int i = 0; i < NP; i++)
+        len += (size_t)snprintf(body0 + len, cap - len, "%s%d", i ? "," : "", 100 + (i * 7) % 300);
+    for (int stream = 0; stream < 2; stream++) {
+        char *body = malloc(cap + 64);
+        ck_assert(body != NULL);
+        snprintf(body, cap + 64, "%s],\"max_tokens\":4,\"stream\":%s}", body0,
+                 stream ? "true" : "false");
+        double c0 = metric(d.port, "deltallm_cancellations_total{reason=\"disconnect\"}");
+        double f0 = metric(d.port, "deltallm_prefill_tokens_total");
+        double g0 = metric(d.port, "deltallm_generated_tokens_total");
+        ck_assert(c0 >= 0 && f0 >= 0 && g0 >= 0);
+        CURLM *m = curl_multi_init();
+        resp r = {0};
+        struct curl_slist *hl;
+        CURL *e = start_bg(m, d.port, "/v1/completions", body, &r, &hl);
+        double end = now_s() + 30, f = f0;
+        int running;
+        while (now_s() < end && f <= f0) { /* prefill has begun */
+            curl_multi_perform(m, &running);
+            f = metric(d.port, "deltallm_prefill_tokens_total");
+            curl_multi_poll(m, NULL, 0, 5, NULL);
+        }
+        ck_assert_msg(f > f0, "prefill never started");
+        ck_assert_msg(f - f0 < NP, "prefill finished before the client left");
+        curl_multi_remove_handle(m, e); /* the client goes away */
+        curl_easy_cleanup(e);
+        curl_slist_free_all(hl);
+        curl_multi_cleanup(m);
+        resp_free(&r);
+        free(body);
+        ck_assert_msg(wait_metric(d.port, "deltallm_requests_running", 0, 30),
+                      "sequence not freed after disconnect in prefill");
+        double f1 = metric(d.port, "deltallm_prefill_tokens_total");
+        ck_assert_msg(f1 - f0 < NP, "the whole prompt was prefilled (%g of %d tokens)",
+                      f1 - f0, NP);
+        ck_assert(metric(d.port, "deltallm_generated_tokens_total") == g0);
+        ck_assert(metric(d.port, "deltallm_cancellations_total{reason=\"disconnect\"}") == c0 + 1);
+        /* no further passes once freed: the worker is idle */
+        double p1 = metric(d.port, "deltallm_forward_passes_total");
+        ck_assert(metric(d.port, "deltallm_prefill_tokens_total") == f1);
+        ck_assert(metric(d.port, "deltallm_forward_passes_total") == p1);
+    }
+    free(body0);
+    ck_assert_int_eq(stop_daemon(&d), 0);
+}
+END_TEST
+
 START_TEST(queue_full_429_and_budget_503)
 {
     static const char *extra[] = {"--api-key", KEY, "--parallel", "1", "--max-queue", "1",
@@ -1086,6 +1147,7 @@ static Suite *suite(void)
     TCase *o = tcase_create("own-daemon");
     tcase_set_timeout(o, 300);
     tcase_add_test(o, disconnect_frees_sequence);
+    tcase_add_test(o, disconnect_mid_prefill_frees_sequence);
     tcase_add_test(o, queue_full_429_and_budget_503);
     tcase_add_test(o, sigterm_with_inflight_exits_zero);
     suite_add_tcase(s, o);
