@@ -19,6 +19,9 @@ DESTDIR ?=
 SHARED  ?= ../shared
 OPT     ?= -O2
 DEPS_PKGS := libmicrohttpd-dev libcjson-dev libuv1-dev check pkg-config libcurl4-openssl-dev
+# only `make test` needs these: promtool/prometheus for the metrics tests, node for the
+# openai client and openapi checks (npm packages go to $(BUILD)/node_modules at test time)
+TEST_PKGS := prometheus
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS  ?=
@@ -52,14 +55,20 @@ HAVE_DAEMON := $(wildcard daemon/main.c)
 all: $(BUILD)/.deps $(LIB) $(CLI) $(if $(HAVE_DAEMON),$(DAEMON)) $(TEST_BIN)
 
 # Install the Debian packages we need when they are missing (as root), or say how.
-$(BUILD)/.deps:
+define install_pkgs
 	@mkdir -p $(BUILD)
-	@missing=""; for p in $(DEPS_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$(2)" ] && ! command -v node >/dev/null 2>&1; then missing="$$missing nodejs npm"; fi; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing || exit 1; \
 	  else echo "missing Debian packages; run: sudo apt-get install -y$$missing"; exit 1; fi; fi
 	@touch $@
+endef
+$(BUILD)/.deps:
+	$(call install_pkgs,$(DEPS_PKGS),)
+$(BUILD)/.testdeps:
+	$(call install_pkgs,$(TEST_PKGS),node)
 deps: $(BUILD)/.deps
 
 $(BUILD)/%.o: %.c | $(BUILD)/.deps
@@ -85,7 +94,7 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(TEST_COMMON_OBJ) $(DLIB) $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS_TEST) $(LIBS_DAEMON) -lm
 
 # Every suite runs from the repository root; shared models are read from $(SHARED).
-test: all
+test: all $(BUILD)/.testdeps
 	@DL_SHARED=$(SHARED) DL_BUILD=$(BUILD) sh tests/run.sh $(TEST_BIN)
 
 test-asan:
@@ -97,10 +106,23 @@ bench: all
 run: all
 	@sh tests/run-default.sh $(BUILD) $(SHARED)
 
+# Binaries and man pages under $(PREFIX); the unit under $(PREFIX)/lib/systemd/system with
+# ExecStart pointing at $(PREFIX)/bin; the example configuration (model= pointing into the
+# unit's StateDirectory) as /etc/deltallm/deltallmd.conf.example, never over a real one.
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+	  $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/lib/systemd/system \
+	  $(DESTDIR)/etc/deltallm
 	install -m 755 $(CLI) $(DESTDIR)$(PREFIX)/bin/deltallm
 	$(if $(HAVE_DAEMON),install -m 755 $(DAEMON) $(DESTDIR)$(PREFIX)/bin/deltallmd)
+	install -m 644 man/deltallm.1 $(DESTDIR)$(PREFIX)/share/man/man1/deltallm.1
+	install -m 644 man/deltallmd.8 $(DESTDIR)$(PREFIX)/share/man/man8/deltallmd.8
+	sed 's|/usr/local/bin/|$(PREFIX)/bin/|' systemd/deltallmd.service \
+	  > $(DESTDIR)$(PREFIX)/lib/systemd/system/deltallmd.service
+	chmod 644 $(DESTDIR)$(PREFIX)/lib/systemd/system/deltallmd.service
+	sed 's|^model = .*|model = /var/lib/deltallm/models/model.gguf|' config/deltallmd.conf \
+	  > $(DESTDIR)/etc/deltallm/deltallmd.conf.example
+	chmod 644 $(DESTDIR)/etc/deltallm/deltallmd.conf.example
 
 clean:
 	rm -rf build build-asan

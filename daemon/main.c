@@ -5,6 +5,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "notify.h"
 #include "server.h"
 
 extern char **environ;
@@ -35,7 +36,12 @@ int main(int argc, char **argv)
         dl_log_close();
         return 1;
     }
+    dl_notify *nt; /* systemd Type=notify: READY=1 / STOPPING=1 / WATCHDOG=1 */
+    if (dl_notify_create(cfg.host, dl_server_port(s), cfg.n_api_keys ? cfg.api_keys[0] : NULL,
+                         &nt, err, sizeof err))
+        dl_log(DL_LOG_WARN, NULL, NULL, "%s", err);
     rc = dl_server_run(s);
+    dl_notify_destroy(nt);
     dl_server_destroy(s);
     dl_log_close();
     return rc;
