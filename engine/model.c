@@ -673,21 +673,21 @@ static int check_batch(const dl_ctx *c, const dl_batch_item *items, int n_items,
     return 0;
 }
 
-/* Attention for one item and layer: dense over the fp16 cache, or DeltaLLM's hybrid. */
-static void attention(dl_ctx *c, dl_seq *s, int il, int row0, int n)
+/* Attention for one item and layer: dense over the fp16 cache, or DeltaLLM's hybrid.
+ * Returns 0, or the delta cache's error code (it allocates its scratch on first use). */
+static int attention(dl_ctx *c, dl_seq *s, int il, int row0, int n)
 {
     const dl_hparams *hp = &c->m->hp;
     size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
     const float *q = c->q + row0 * qd, *k = c->k + row0 * kvd, *v = c->v + row0 * kvd;
     float *out = c->att_out + row0 * qd;
-    if (s->delta) {
-        dl_delta_attention(s->delta, c->pool, il, hp->n_head, q, k, v, n, n > 1, out);
-        return;
-    }
+    if (s->delta)
+        return dl_delta_attention(s->delta, c->pool, il, hp->n_head, q, k, v, n, n > 1, out);
     dl_attn_shape sh = {hp->n_head, hp->n_head_kv, hp->head_dim, s->n_ctx};
     size_t layer_off = (size_t)il * hp->n_head_kv * s->n_ctx * hp->head_dim;
     dl_kv_store(&sh, s->k + layer_off, s->v + layer_off, s->len, n, k, v);
     dl_attn_dense(c->pool, &sh, s->k + layer_off, s->v + layer_off, s->len, n, q, out, c->att);
+    return 0;
 }
 
 /* y = W x for the T rows of x (see dl_matmul); ternary weights take BitLinear's path. */
@@ -736,8 +736,8 @@ static int m_bitnet(const dl_ctx *c)
     return c->m->bitnet;
 }
 
-static void layer_forward(dl_ctx *c, const layer *L, int il, dl_batch_item *items,
-                          int n_items, int T)
+static int layer_forward(dl_ctx *c, const layer *L, int il, dl_batch_item *items,
+                         int n_items, int T)
 {
     const dl_hparams *hp = &c->m->hp;
     int E = hp->n_embd;
@@ -759,7 +759,9 @@ static void layer_forward(dl_ctx *c, const layer *L, int il, dl_batch_item *item
             dl_rope(c->k + (size_t)(row + t) * kvd, hp->n_head_kv, hp->head_dim, pos,
                     hp->rope_base, c->m->rope_freqs);
         }
-        attention(c, s, il, row, items[i].n_tokens);
+        int rc = attention(c, s, il, row, items[i].n_tokens);
+        if (rc)
+            return rc;
         row += items[i].n_tokens;
     }
     const float *att = c->att_out;
@@ -791,6 +793,7 @@ static void layer_forward(dl_ctx *c, const layer *L, int il, dl_batch_item *item
     }
     matmul(c, &L->w_down, ffn, c->xb2, T);
     add_rows(c->x, c->xb2, (size_t)T * E);
+    return 0;
 }
 
 /* Final norm and output head for the rows of one item that want logits. */
@@ -832,8 +835,17 @@ int dl_forward(dl_ctx *c, dl_batch_item *items, int n_items, char *err, size_t e
     for (int i = 0; i < n_items; i++)
         for (int t = 0; t < items[i].n_tokens; t++, row++)
             embed(m, items[i].tokens[t], c->x + (size_t)row * hp->n_embd);
-    for (int il = 0; il < hp->n_layer; il++)
-        layer_forward(c, &m->layers[il], il, items, n_items, T);
+    for (int il = 0; il < hp->n_layer; il++) {
+        if ((rc = layer_forward(c, &m->layers[il], il, items, n_items, T)) == 0)
+            continue;
+        /* Undo what the layers before the failure appended: every sequence keeps the
+         * length it had, so the batch can be retried or the sequence used as it was. */
+        for (int i = 0; i < n_items; i++)
+            if (items[i].seq->delta)
+                dl_delta_cache_truncate(items[i].seq->delta, items[i].seq->len);
+        set_err(err, errlen, "forward: attention failed at layer %d: %s", il, strerror(-rc));
+        return rc;
+    }
     row = 0;
     for (int i = 0; i < n_items; i++) {
         if (items[i].logits)
