@@ -7,7 +7,7 @@ set -e
 build=${1:-build}
 shared=${DL_SHARED:-../shared}
 cli="$build/deltallm"
-models=${BENCH_MODELS:-"llama3.2-1b:Q8_0 llama3.2-1b:Q4_0 llama3.2-1b:Q4_K"}
+models=${BENCH_MODELS:-"llama3.2-1b:Q8_0 llama3.2-1b:Q4_0 llama3.2-1b:Q4_K bitnet-2b4t:I2_S"}
 threads=${BENCH_THREADS:-2}
 reps=${BENCH_REPS:-3}
 depths=${BENCH_DEPTHS:-2048,4096}
@@ -26,6 +26,11 @@ for spec in $models; do
     "$cli" bench -m "$file" -t "$threads" --reps "$reps" --depth "$depths" --batch-seqs 8
     "$cli" bench -m "$file" -t "$threads" --reps 1 -p 64 -n 16 --json >> "$out" 2>/dev/null || true
 done
+q4="$build/models/llama3.2-1b-q4_0.gguf"
+if [ -f "$q4" ] && [ -x "$build/deltallmd" ]; then
+    echo "== daemon: 8 concurrent clients vs one (llama3.2-1b Q4_0, 64 tokens each)"
+    sh tests/bench_daemon.sh "$build" "$q4" "$threads" 8 64
+fi
 if "$cli" bench-attn --help >/dev/null 2>&1; then
     echo "== DeltaLLM attention vs dense (llama3.2-1b attention shape)"
     "$cli" bench-attn --depth 512,2048,4096 -t "$threads"
