@@ -183,10 +183,11 @@ END_TEST
 
 START_TEST(test_matmul_q8_0_q4_0)
 {
-    /* 1056 columns = 33 blocks: an odd block count and more than one 1024-column chunk */
-    static const int64_t cols[] = {32, 96, 160, 1056};
-    matmul_all(DL_TYPE_Q8_0, cols, 4);
-    matmul_all(DL_TYPE_Q4_0, cols, 4);
+    /* 1056 columns = 33 blocks: an odd block count and more than one 1024-column chunk;
+     * 160 / 192 / 224 = 5 / 6 / 7 blocks: the Q4_0 4-block step followed by each tail */
+    static const int64_t cols[] = {32, 96, 160, 192, 224, 1056};
+    matmul_all(DL_TYPE_Q8_0, cols, 6);
+    matmul_all(DL_TYPE_Q4_0, cols, 6);
 }
 END_TEST
 
