@@ -79,6 +79,7 @@ typedef struct dl__dops {
 } dl__dops;
 
 extern const dl__dops dl__dops_scalar;
+extern const dl__dops dl__dops_avx2;
 extern const dl__dops dl__dops_avx512;
 
 #define DL__DBLK 16 /* positions per stored offset */
@@ -112,8 +113,22 @@ int dl__delta_dense_attention(dl_delta_cache *c, dl_pool *pool, int n_head, cons
 /* A head store (for tests and the bench): layer l, KV head g. */
 const dl__dhead *dl__delta_head(const dl_delta_cache *c, int layer, int g);
 int dl__delta_ring_cap(const dl_delta_cache *c);
+/* Channel weights w[d] of layer l, KV head g used by the last call: element e of Δk is
+ * stored when |δ_e| * w[e] > theta (see delta.c). */
+const float *dl__delta_key_weights(const dl_delta_cache *c, int layer, int g);
 
-/* The kernels in use for head dim d (AVX-512 needs d % 16 == 0). */
+/* Test-only oracle (spec section 3). A cache created while the mode is nonzero also keeps
+ * every exact key (fp32), every V (fp16-rounded, as stored) and k̂ from its own closed-loop
+ * encoder, and computes attention from them densely in double: key t is exact inside the
+ * window / sink and k̂_t outside, by the same boundaries lo as the kernels. Mode 1: the
+ * oracle's output replaces the kernels' (a model run "with the oracle"); mode 2: the
+ * kernels' output is kept and the largest |kernel - oracle| element seen is recorded.
+ * Costs O(n^2) per call and 12 bytes per key element; tests only, not thread-safe. */
+void dl__delta_oracle_mode(int mode);
+/* Largest |kernel - oracle| output element since the last dl__delta_oracle_mode(). */
+double dl__delta_oracle_err(void);
+
+/* The kernels in use for head dim d (AVX-512 needs d % 16 == 0, AVX2 d % 8 == 0). */
 const dl__dops *dl__delta_ops(int d);
 
 #endif

@@ -3,7 +3,7 @@
  * The oracle re-encodes the keys itself (closed loop, fp16-rounded stored deltas), builds
  * k̂ densely, picks per (query, key) the exact key or k̂ by the rules of delta.c and runs
  * ordinary softmax attention in double over fp16-rounded V. Every case runs on each
- * kernel path the machine has (scalar, AVX-512).
+ * kernel path the machine has (scalar, AVX2, AVX-512).
  */
 #include <errno.h>
 #include <math.h>
@@ -73,8 +73,10 @@ static const float *pq(const prob *p, int l, int t) { return p->q + ((size_t)l *
 
 static float r16(float x) { return dl_fp16_to_f32(dl_f32_to_fp16(x)); }
 
-/* k̂ for layer l, all positions, given the theta used by each call (theta_at[t]). */
-static void oracle_khat(const prob *p, int l, const float *theta_at, float *khat)
+/* k̂ for layer l, all positions, given the theta used by each call (theta_at[t]) and the
+ * channel weights (w_at[t][n_kv * d]): element i is stored when |δ| w > theta. */
+static void oracle_khat(const prob *p, int l, const float *theta_at, const float *w_at,
+                        float *khat)
 {
     int w = p->n_kv * p->d;
     float *r = calloc((size_t)w, sizeof(float));
@@ -82,7 +84,7 @@ static void oracle_khat(const prob *p, int l, const float *theta_at, float *khat
         const float *k = pk(p, l, t);
         for (int i = 0; i < w; i++) {
             float delta = k[i] - r[i];
-            if (t == 0 || fabsf(delta) > theta_at[t])
+            if (t == 0 || fabsf(delta) * w_at[(size_t)t * w + i] > theta_at[t])
                 r[i] += r16(delta);
             khat[(size_t)t * w + i] = r[i];
         }
@@ -151,6 +153,7 @@ static double run_case(const prob *p, const dl_delta_params *dp, const int *chun
     float *out = malloc((size_t)p->T * nh * d * sizeof(float));
     double *ref = malloc((size_t)nh * d * sizeof(double));
     float *theta_at = malloc((size_t)p->n_layer * p->T * sizeof(float));
+    float *w_at = malloc((size_t)p->T * p->n_kv * d * sizeof(float));
     /* positions and calls */
     int *call_p0 = malloc((size_t)n_calls * sizeof(int));
     float *kh = malloc((size_t)p->T * p->n_kv * d * sizeof(float));
@@ -164,8 +167,13 @@ static double run_case(const prob *p, const dl_delta_params *dp, const int *chun
                                         pv(p, l, pos), n, is_prefill,
                                         out + (size_t)pos * nh * d);
             ck_assert_int_eq(rc, 0);
-            for (int a = 0; a < n; a++)
+            for (int a = 0; a < n; a++) {
                 theta_at[(size_t)l * p->T + pos + a] = dl_delta_cache_theta(c, l);
+                if (l == p->n_layer - 1)
+                    for (int g = 0; g < p->n_kv; g++)
+                        memcpy(w_at + ((size_t)(pos + a) * p->n_kv + g) * d,
+                               dl__delta_key_weights(c, l, g), (size_t)d * sizeof(float));
+            }
         }
         pos += n;
         ck_assert_int_eq(dl_delta_cache_len(c), pos);
@@ -173,7 +181,7 @@ static double run_case(const prob *p, const dl_delta_params *dp, const int *chun
     /* Every layer writes the same output rows, so what is left is the last layer's
      * (its keys differ from the others', which checks the per-layer indexing). */
     int l = p->n_layer - 1;
-    oracle_khat(p, l, theta_at + (size_t)l * p->T, kh);
+    oracle_khat(p, l, theta_at + (size_t)l * p->T, w_at, kh);
     for (int ci = 0; ci < n_calls; ci++) {
         int n = chunks[ci], is_prefill = ci < n_prefill, p0 = call_p0[ci];
         int on = dp->enabled && (dp->stages & (is_prefill ? DL_STAGE_PREFILL : DL_STAGE_DECODE));
@@ -190,13 +198,14 @@ static double run_case(const prob *p, const dl_delta_params *dp, const int *chun
     free(out);
     free(ref);
     free(theta_at);
+    free(w_at);
     free(call_p0);
     free(kh);
     dl_delta_cache_free(c);
     return maxerr;
 }
 
-static const enum dl_isa isas[] = { DL_ISA_SCALAR, DL_ISA_AVX512 };
+static const enum dl_isa isas[] = { DL_ISA_SCALAR, DL_ISA_AVX2, DL_ISA_AVX512 };
 
 static int isa_available(enum dl_isa isa) { return dl_isa_detect() >= isa; }
 
@@ -420,8 +429,10 @@ START_TEST(test_closed_loop)
             /* k̂ of the last position is the reference; check every element's error */
             memcpy(kh, h->ref, sizeof kh);
             const float *k = pk(&p, 0, t - 1) + g * d;
+            /* element e is stored when |δ| w_e > theta, so the bound is theta / w_e */
+            const float *w = dl__delta_key_weights(c, 0, g);
             for (int e = 0; e < d; e++)
-                ck_assert_msg(fabsf(kh[e] - k[e]) <= dp.theta + 1e-3f * (1 + fabsf(k[e])),
+                ck_assert_msg(fabsf(kh[e] - k[e]) * w[e] <= dp.theta + 1e-3f * (1 + fabsf(k[e])),
                               "t %d e %d: |%g - %g| > theta", t, e, kh[e], k[e]);
             stored = dl__delta_off(h, (d + 7) / 8, t);
         }
