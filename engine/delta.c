@@ -50,6 +50,10 @@
  * 40.7% element, 35.2% attention sparsity in prefill, 38.2% over both stages (+0.74%).
  * The issue's 60% / 57% at <= 1% is not met on this model (with updating weights, target
  * 0.6 window 8 gave 52.9% / 56.0% at +3.6%; target 0.7 window 16 53.7% / 61.1% at +5.5%).
+ * Re-measured with the fp16 ring (targets 0.3-0.6 x windows 4-32, same command): within
+ * +1% the most attention sparsity over both stages is target 0.5 / window 32 (38.6%,
+ * +0.78%, prefill 28.2%) against target 0.4 / window 8 (38.2%, +0.72%, prefill 35.2%);
+ * target 0.4 / window 4 is +1.02%. The table is in the README.
  */
 #include "delta.h"
 
@@ -60,6 +64,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "delta_impl.h"
 #include "kernels.h"
@@ -98,6 +103,23 @@ struct dl_delta_cache {
 
 static int g_oracle_mode;
 static double g_oracle_err;
+static int g_time_scores;
+static _Atomic uint64_t g_score_ns;
+
+void dl__delta_time_scores(int on)
+{
+    g_time_scores = on;
+    atomic_store(&g_score_ns, 0);
+}
+
+uint64_t dl__delta_score_ns(void) { return atomic_load(&g_score_ns); }
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 void dl__delta_oracle_mode(int mode)
 {
@@ -193,8 +215,8 @@ static size_t head_layout(const dl_delta_cache *c, uint8_t *base, dl__dhead *h)
     DL__CARVE(mask, uint8_t, n * (size_t)c->mb);
     DL__CARVE(blk, uint32_t, n / DL__DBLK + 1);
     DL__CARVE(val, dl_fp16, n * d + 64); /* +64: vector loads may read past the end */
-    DL__CARVE(ring, float, (size_t)c->ring_cap * d);
-    DL__CARVE(sinkk, float, (size_t)c->p.sink * d);
+    DL__CARVE(ring, dl_fp16, (size_t)c->ring_cap * d);
+    DL__CARVE(sinkk, dl_fp16, (size_t)c->p.sink * d);
     DL__CARVE(v, dl_fp16, n * d);
 #undef DL__CARVE
     return at;
@@ -209,7 +231,7 @@ static void update_bytes(dl_delta_cache *c)
         const dl__dhead *h = &c->heads[i];
         kb += d * 4 + n * (uint64_t)c->mb + (n / DL__DBLK + 1) * 4 +
               (uint64_t)dl__delta_off(h, c->mb, (int)n) * 2;
-        kb += (ring + sink) * d * 4;
+        kb += (ring + sink) * d * 2;
     }
     uint64_t heads = (uint64_t)c->n_layer * (uint64_t)c->n_kv;
     c->stats.k_cache_bytes = kb;
@@ -357,8 +379,8 @@ int dl_delta_cache_truncate(dl_delta_cache *c, int n)
                     if (m[e >> 3] >> (e & 7) & 1)
                         kh[e] += dl_fp16_to_f32(*v++);
                 if (t >= n - c->ring_cap && t < lost_from)
-                    memcpy(h->ring + (size_t)(t % c->ring_cap) * c->d, kh,
-                           (size_t)c->d * sizeof(float));
+                    for (int e = 0; e < c->d; e++)
+                        h->ring[(size_t)(t % c->ring_cap) * c->d + e] = dl_f32_to_fp16(kh[e]);
             }
         }
     }
@@ -421,7 +443,8 @@ static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *
             h->blk[(t + 1) / DL__DBLK] = (uint32_t)(v - h->val);
         zeros += (uint64_t)(d - stored);
         if (t < c->p.sink)
-            memcpy(h->sinkk + (size_t)t * d, kt, (size_t)d * sizeof(float));
+            for (int e = 0; e < d; e++)
+                h->sinkk[(size_t)t * d + e] = dl_f32_to_fp16(kt[e]);
     }
     return zeros;
 }
@@ -578,10 +601,13 @@ static void run_unit(dl__dcall *cl, int unit, float *scr)
     };
     dl__dunit u = { .k = &keys, .rows = rows, .rs = rs, .Qt = Qt, .Q = Q, .lo = lo,
                     .hi = hi, .st = st, .r = r, .aux = aux, .acc = acc };
+    uint64_t t0 = g_time_scores ? mono_ns() : 0;
     if (cl->dense)
         cl->ops->scores_dense(&u);
     else
         cl->ops->scores(&u);
+    if (g_time_scores)
+        atomic_fetch_add(&g_score_ns, mono_ns() - t0);
     cl->ops->softmax_pv(&u);
     for (int a = a0; a < a1; a++)
         for (int hh = 0; hh < G; hh++)
@@ -681,9 +707,12 @@ static void oracle_attention(dl_delta_cache *c, int layer, int n_head, const flo
             for (int t = 0; t <= i; t++) {
                 int delta = lo > 0 && t >= c->p.sink && t < lo;
                 const float *key = (delta ? c->okhat : c->okey) + (hb + t) * d;
+                /* exact keys of earlier calls and of the sink are stored in fp16 */
+                int half = !delta && (t < c->p.sink || t < p0);
                 double acc = 0;
                 for (int e = 0; e < d; e++)
-                    acc += (double)qa[e] * key[e];
+                    acc += (double)qa[e] *
+                           (half ? dl_fp16_to_f32(dl_f32_to_fp16(key[e])) : key[e]);
                 s[t] = acc / sqrt((double)d);
                 m = s[t] > m ? s[t] : m;
             }
@@ -764,8 +793,9 @@ int dl_delta_attention(dl_delta_cache *c, dl_pool *pool, int layer, int n_head,
     int a_first = n > c->ring_cap ? n - c->ring_cap : 0;
     for (int g = 0; g < c->n_kv; g++)
         for (int a = a_first; a < n; a++)
-            memcpy(hs[g].ring + (size_t)((p0 + a) % c->ring_cap) * d,
-                   k + (size_t)a * ks + (size_t)g * d, (size_t)d * sizeof(float));
+            for (int e = 0; e < d; e++)
+                hs[g].ring[(size_t)((p0 + a) % c->ring_cap) * d + e] =
+                    dl_f32_to_fp16(k[(size_t)a * ks + (size_t)g * d + e]);
 
     /* 5: statistics */
     dl_delta_stage_stats s = { 0 };

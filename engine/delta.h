@@ -77,7 +77,8 @@ size_t dl_delta_cache_bytes(const dl_delta_cache *c);
  * appended with the same n. Returns 0; -EINVAL for a bad layer / n / n_head (n_head must
  * be a multiple of n_head_kv), -ENOSPC when len + n > n_ctx, -ENOMEM if the one-time
  * per-thread scratch (n_ctx x 64 floats per pool thread) cannot be allocated.
- * Storage: V dense fp16; exact keys (ring of window + 64 positions, sink) fp32. */
+ * Storage: V dense fp16; exact keys (ring of window + 8 positions, sink) fp16; the delta
+ * stream's values fp16 and its reference state fp32. */
 int dl_delta_attention(dl_delta_cache *c, dl_pool *pool, int layer, int n_head,
                        const float *q, const float *k, const float *v, int n, int is_prefill,
                        float *out);

@@ -94,8 +94,18 @@ static void scores_avx2(const dl__dunit *u)
             }
         }
         int ex_end = t < k->sink ? rows : rf;
-        if (ex_end > rc)
-            dot_rows(s, dl__exact_key(k, t), u->Qt, rs, d, rc, ex_end);
+        if (ex_end > rc) {
+            float kb[512];
+            const dl_fp16 *h16 = NULL;
+            const float *key = dl__exact_src(k, t, &h16);
+            if (!key) {
+                for (int e = 0; e < d; e += 8)
+                    _mm256_storeu_ps(kb + e,
+                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h16 + e))));
+                key = kb;
+            }
+            dot_rows(s, key, u->Qt, rs, d, rc, ex_end);
+        }
         if (t >= k->sink && rf < rows)
             fill(s, u->r, 0, rf, rows);
         fill(s, NULL, -INFINITY, 0, rc);

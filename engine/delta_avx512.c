@@ -50,6 +50,16 @@ static inline void advance(const dl__dunit *u, int t, int *rc, int *rf)
         (*rc)++;
 }
 
+/* The exact key of position t into x[d / 16] vectors (fp16 ring / sink widened). */
+static inline void load_exact(const dl__dkeys *k, int t, __m512 *x)
+{
+    const dl_fp16 *h16 = NULL;
+    const float *key = dl__exact_src(k, t, &h16);
+    for (int c = 0; c < k->d / 16; c++)
+        x[c] = key ? _mm512_loadu_ps(key + 16 * c)
+                   : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h16 + 16 * c)));
+}
+
 /* ---------------------------------------------------------------- many rows */
 
 /* R[0 .. 16 NV) += Σ over key t's stored deltas (e, v) of v * Qt[e][.]. Two accumulator
@@ -176,7 +186,14 @@ static void scores_wide(const dl__dunit *u, int dense)
                                                    _mm256_loadu_si256((const __m256i *)(kh + e))));
                 key = kbuf;
             } else {
-                key = dl__exact_key(k, t);
+                const dl_fp16 *h16 = NULL;
+                key = dl__exact_src(k, t, &h16);
+                if (!key) {
+                    for (int e = 0; e < d; e += 16)
+                        _mm512_storeu_ps(kbuf + e, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                                       (const __m256i *)(h16 + e))));
+                    key = kbuf;
+                }
             }
             exact_rows(u->Qt, rs, d, key, s, rc, ex_end);
         }
@@ -251,9 +268,7 @@ static void scores_group(const dl__dunit *u, int dense)
             for (int c = 0; c < nv; c++)
                 x[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kh + 16 * c)));
         } else {
-            const float *key = dl__exact_key(k, t);
-            for (int c = 0; c < nv; c++)
-                x[c] = _mm512_loadu_ps(key + 16 * c);
+            load_exact(k, t, x);
         }
         for (int r = 0; r < rows; r++)
             s[r] = dot_rows(u->Q + (size_t)r * d, x, nv);
@@ -281,9 +296,10 @@ static void scores_group(const dl__dunit *u, int dense)
                     _mm512_store_ps(x + 16 * c, _mm512_cvtph_ps(_mm256_loadu_si256(
                                                     (const __m256i *)(kh + 16 * c))));
             } else {
-                const float *key = dl__exact_key(k, tt);
+                __m512 y[32];
+                load_exact(k, tt, y);
                 for (int c = 0; c < nv; c++)
-                    _mm512_store_ps(x + 16 * c, _mm512_loadu_ps(key + 16 * c));
+                    _mm512_store_ps(x + 16 * c, y[c]);
             }
         }
         for (int r = 0; r < rows; r++) {
@@ -359,9 +375,7 @@ static void scores_narrow(const dl__dunit *u, int dense)
                 for (int c = 0; c < nv; c++)
                     x[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(kh + 16 * c)));
             } else {
-                const float *key = dl__exact_key(k, t);
-                for (int c = 0; c < nv; c++)
-                    x[c] = _mm512_loadu_ps(key + 16 * c);
+                load_exact(k, t, x);
             }
             for (int r = rc; r < ex_end; r++)
                 s[r] = dot_rows(u->Q + (size_t)r * d, x, nv);

@@ -33,6 +33,10 @@ typedef struct dl_delta_bench_result {
     double prefill_dense_ms, prefill_delta_ms;   /* incl. storing K/V (delta: encoding) */
     double decode_dense_us, decode_delta_us;     /* per layer, one token */
     double decode_engine_dense_us;               /* attention.c's dl_attn_dense, per layer */
+    double prefill_engine_dense_ms;              /* dl_kv_store + dl_attn_dense, T queries */
+    /* the score product alone (q.k for every key vs the delta accumulation), same runs */
+    double prefill_dense_scores_ms, prefill_delta_scores_ms;
+    double decode_dense_scores_us, decode_delta_scores_us;
     uint64_t k_bytes, k_dense_bytes, v_bytes;    /* one layer at ctx tokens */
 } dl_delta_bench_result;
 

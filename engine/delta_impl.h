@@ -10,8 +10,11 @@
  *                           the kernels, which sweep positions in order, just advance a
  *                           pointer by each mask's popcount
  *   val   fp16              the stored (nonzero) deltas, position after position
- *   ring  [ring_cap][d]     exact fp32 keys of the last ring_cap positions, slot t % ring_cap
- *   sinkk [sink][d]         exact fp32 keys of the first `sink` positions
+ *   ring  [ring_cap][d]     exact keys (fp16, as the dense cache stores them) of the last
+ *                           ring_cap positions, slot t % ring_cap
+ *   sinkk [sink][d]         exact fp16 keys of the first `sink` positions
+ *                           (fp16: at head dim 8 an fp32 ring alone was ~15% of a dense K
+ *                           cache; the keys of the current call are still read in fp32)
  *   v     [n_ctx][d] fp16   dense V
  * All arrays live in one mmap(MAP_NORESERVE) reservation made at create time for the
  * worst case (every element stored); only touched pages become memory, and the byte
@@ -34,8 +37,8 @@ typedef struct dl__dhead {
     uint8_t *mask;
     uint32_t *blk;
     dl_fp16 *val;
-    float *ring;
-    float *sinkk;
+    dl_fp16 *ring;
+    dl_fp16 *sinkk;
     dl_fp16 *v;
 } dl__dhead;
 
@@ -94,14 +97,31 @@ static inline uint32_t dl__delta_off(const dl__dhead *h, int mb, int t)
     return o;
 }
 
-/* Source of the exact key of position t for a unit (sink, this call, or the ring). */
-static inline const float *dl__exact_key(const dl__dkeys *k, int t)
+/* Where the exact key of position t lives: this call's fp32 key (returned), or the fp16
+ * sink / ring key (NULL returned, *h16 set). */
+static inline const float *dl__exact_src(const dl__dkeys *k, int t, const dl_fp16 **h16)
 {
-    if (t < k->sink)
-        return k->h->sinkk + (size_t)t * k->d;
+    if (t < k->sink) {
+        *h16 = k->h->sinkk + (size_t)t * k->d;
+        return NULL;
+    }
     if (t >= k->p0)
         return k->kin + (size_t)(t - k->p0) * k->kstride;
-    return k->h->ring + (size_t)(t % k->ring_cap) * k->d;
+    *h16 = k->h->ring + (size_t)(t % k->ring_cap) * k->d;
+    return NULL;
+}
+
+/* The exact key of position t as fp32: a pointer into this call's keys, or the fp16 key
+ * widened into buf (d floats). The vector kernels widen with F16C instead. */
+static inline const float *dl__exact_key(const dl__dkeys *k, int t, float *buf)
+{
+    const dl_fp16 *h16 = NULL;
+    const float *f = dl__exact_src(k, t, &h16);
+    if (f)
+        return f;
+    for (int e = 0; e < k->d; e++)
+        buf[e] = dl_fp16_to_f32(h16[e]);
+    return buf;
 }
 
 /* Dense baseline over fp16 K/V laid out [kv][n_ctx][d] (the bench's comparison), run
@@ -127,6 +147,12 @@ const float *dl__delta_key_weights(const dl_delta_cache *c, int layer, int g);
 void dl__delta_oracle_mode(int mode);
 /* Largest |kernel - oracle| output element since the last dl__delta_oracle_mode(). */
 double dl__delta_oracle_err(void);
+
+/* Bench hook: while on, the time each attention unit spends in the score product (the
+ * scores / scores_dense kernel alone, summed over threads) is added up; turning it on
+ * resets the sum. Not for concurrent caches. */
+void dl__delta_time_scores(int on);
+uint64_t dl__delta_score_ns(void);
 
 /* The kernels in use for head dim d (AVX-512 needs d % 16 == 0, AVX2 d % 8 == 0). */
 const dl__dops *dl__delta_ops(int d);

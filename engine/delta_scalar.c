@@ -49,7 +49,8 @@ static void scores_scalar(const dl__dunit *u)
         }
         int ex_end = t < k->sink ? rows : rf;
         if (ex_end > rc) {
-            const float *key = dl__exact_key(k, t);
+            float kb[512];
+            const float *key = dl__exact_key(k, t, kb);
             for (int r = rc; r < ex_end; r++) {
                 float acc = 0;
                 for (int e = 0; e < d; e++)

@@ -156,10 +156,13 @@ START_TEST(test_real_keys_logits)
 END_TEST
 
 /* theta = 0: delta attention (kernels, and the oracle) equals attention over the exact
- * keys (window beyond the context) up to the fp16 rounding of the stored deltas, and the
- * dense model up to that plus the dense cache's fp16 K (the delta cache's exact keys are
- * fp32; the all-exact delta run alone differs from the dense model by ~0.045 here).
- * Measured at window 1: 0.013 (scalar kernels), 0.022 (AVX2). */
+ * keys (window beyond the context) up to the fp16 rounding of the stored deltas and of the
+ * ring's exact keys, and the dense model up to that plus the dense cache's fp16 K.
+ * Measured (AVX-512, kernels / oracle): vs the all-exact run 0.060 / 0.058 at window 1,
+ * 0.031 / 0.033 at 17 (with an fp32 ring it was 0.013 at window 1: the decode steps'
+ * exact reference keys are now fp16-rounded, a larger error than rounding small deltas);
+ * vs the dense model 0.052 / 0.050 at window 1 and 0.028 all-exact (0.045 with the fp32
+ * ring). Hence 8e-2 and 0.1. */
 START_TEST(test_real_keys_theta_zero_dense)
 {
     size_t nl = (size_t)T_ALL * n_vocab;
@@ -178,7 +181,7 @@ START_TEST(test_real_keys_theta_zero_dense)
             run_seq(&dp, oracle, one, 1, b);
             dl__delta_oracle_mode(0);
             float e = max_diff(exact, b, nl), ed = max_diff(dense, b, nl);
-            ck_assert_msg(e < 3e-2f, "oracle %d window %d: theta 0 vs exact keys %g", oracle,
+            ck_assert_msg(e < 8e-2f, "oracle %d window %d: theta 0 vs exact keys %g", oracle,
                           w, e);
             ck_assert_msg(ed < 0.1f, "oracle %d window %d: theta 0 vs dense model %g", oracle,
                           w, ed);

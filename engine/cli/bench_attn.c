@@ -63,11 +63,17 @@ int dl_cmd_bench_attn(int argc, char **argv)
     }
     if (!json)
         printf("attention, %d q / %d kv heads of %d, target element sparsity %.2f, window %d, "
-               "%d threads, ISA %s\n| depth | theta | elem sp | attn sp | prefill dense ms | "
-               "prefill delta ms | speedup | decode dense us | decode delta us | speedup | "
-               "K bytes | dense K bytes | K ratio |\n|---|---|---|---|---|---|---|---|---|---|"
-               "---|---|---|\n", cfg.n_head, cfg.n_kv, cfg.head_dim, cfg.sparsity_target,
-               cfg.window, cfg.n_threads, dl_isa_name(dl_isa_active()));
+               "%d threads, ISA %s\n"
+               "scores: the q.k score product alone (dense: every key from fp16 K; delta: "
+               "exact window + delta accumulation). engine: attention.c's dl_attn_dense, the "
+               "path a sequence without delta attention runs. prefill includes storing K/V "
+               "(delta: encoding); decode is per layer, one token.\n"
+               "| depth | theta | elem sp | attn sp | scores prefill dense/delta ms | x | "
+               "scores decode dense/delta us | x | prefill engine/dense/delta ms | x engine | "
+               "decode engine/dense/delta us | x engine | K bytes | dense K bytes | K ratio |\n"
+               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+               cfg.n_head, cfg.n_kv, cfg.head_dim, cfg.sparsity_target, cfg.window,
+               cfg.n_threads, dl_isa_name(dl_isa_active()));
     for (int i = 0; i < n_depth; i++) {
         dl_delta_bench_result r;
         char err[256];
@@ -79,21 +85,31 @@ int dl_cmd_bench_attn(int argc, char **argv)
         if (json)
             printf("{\"depth\":%d,\"theta\":%g,\"element_sparsity\":%.4f,"
                    "\"attention_sparsity\":%.4f,\"prefill_dense_ms\":%.3f,"
-                   "\"prefill_delta_ms\":%.3f,\"decode_dense_us\":%.2f,\"decode_delta_us\":%.2f,"
-                   "\"decode_engine_dense_us\":%.2f,\"k_cache_bytes\":%llu,"
+                   "\"prefill_delta_ms\":%.3f,\"prefill_engine_dense_ms\":%.3f,"
+                   "\"prefill_dense_scores_ms\":%.3f,\"prefill_delta_scores_ms\":%.3f,"
+                   "\"decode_dense_us\":%.2f,\"decode_delta_us\":%.2f,"
+                   "\"decode_engine_dense_us\":%.2f,\"decode_dense_scores_us\":%.2f,"
+                   "\"decode_delta_scores_us\":%.2f,\"k_cache_bytes\":%llu,"
                    "\"k_cache_dense_bytes\":%llu,\"v_cache_bytes\":%llu}\n",
                    depths[i], r.theta, r.element_sparsity, r.attention_sparsity,
-                   r.prefill_dense_ms, r.prefill_delta_ms, r.decode_dense_us, r.decode_delta_us,
-                   r.decode_engine_dense_us, (unsigned long long)r.k_bytes,
+                   r.prefill_dense_ms, r.prefill_delta_ms, r.prefill_engine_dense_ms,
+                   r.prefill_dense_scores_ms, r.prefill_delta_scores_ms, r.decode_dense_us,
+                   r.decode_delta_us, r.decode_engine_dense_us, r.decode_dense_scores_us,
+                   r.decode_delta_scores_us, (unsigned long long)r.k_bytes,
                    (unsigned long long)r.k_dense_bytes, (unsigned long long)r.v_bytes);
         else
-            printf("| %5d | %.3f | %5.1f%% | %5.1f%% | %8.2f | %8.2f | %4.2fx | %8.1f | %8.1f | "
-                   "%4.2fx | %llu | %llu | %4.1f%% |\n", depths[i], r.theta,
-                   100 * r.element_sparsity, 100 * r.attention_sparsity, r.prefill_dense_ms,
-                   r.prefill_delta_ms, r.prefill_dense_ms / r.prefill_delta_ms,
-                   r.decode_dense_us, r.decode_delta_us, r.decode_dense_us / r.decode_delta_us,
-                   (unsigned long long)r.k_bytes, (unsigned long long)r.k_dense_bytes,
-                   100.0 * r.k_bytes / r.k_dense_bytes);
+            printf("| %5d | %.3f | %5.1f%% | %5.1f%% | %.2f / %.2f | %4.2fx | %.1f / %.1f | "
+                   "%4.2fx | %.2f / %.2f / %.2f | %4.2fx | %.1f / %.1f / %.1f | %4.2fx | %llu | "
+                   "%llu | %4.1f%% |\n", depths[i], r.theta, 100 * r.element_sparsity,
+                   100 * r.attention_sparsity, r.prefill_dense_scores_ms,
+                   r.prefill_delta_scores_ms, r.prefill_dense_scores_ms / r.prefill_delta_scores_ms,
+                   r.decode_dense_scores_us, r.decode_delta_scores_us,
+                   r.decode_dense_scores_us / r.decode_delta_scores_us, r.prefill_engine_dense_ms,
+                   r.prefill_dense_ms, r.prefill_delta_ms,
+                   r.prefill_engine_dense_ms / r.prefill_delta_ms, r.decode_engine_dense_us,
+                   r.decode_dense_us, r.decode_delta_us,
+                   r.decode_engine_dense_us / r.decode_delta_us, (unsigned long long)r.k_bytes,
+                   (unsigned long long)r.k_dense_bytes, 100.0 * r.k_bytes / r.k_dense_bytes);
         fflush(stdout);
     }
     return 0;
