@@ -235,10 +235,10 @@ AI void rowdot_q40_q80(const dl__mm *m, int64_t r, int t0, const int NT, const i
     const int64_t nb = m->w->cols / 32;
     const uint8_t *row = (const uint8_t *)m->w->data + (size_t)r * m->w->row_bytes;
     const int shift = is_q8 ? 7 : 3;
-    __m512 acc[4];
-    const int8_t *qa[4];
-    const float *da[4];
-    const int32_t *sa[4];
+    __m512 acc[8];
+    const int8_t *qa[8];
+    const float *da[8];
+    const int32_t *sa[8];
     #pragma GCC unroll 8
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm512_setzero_ps();
@@ -252,7 +252,7 @@ AI void rowdot_q40_q80(const dl__mm *m, int64_t r, int t0, const int NT, const i
          * the -8 offset is removed in float per block (scale * 8 * sum(a)) on the side,
          * instead of per-2-block lane spreading of scales and integer corrections; this
          * keeps the shuffle port from limiting the weight stream. */
-        __m128 cacc[4];
+        __m128 cacc[8];
         const __m512i i01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         const __m512i i23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
         #pragma GCC unroll 8
@@ -300,7 +300,7 @@ AI void rowdot_q40_q80(const dl__mm *m, int64_t r, int t0, const int NT, const i
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_mul_ps(dw, da2(da[t] + b)), acc[t]);
         }
     }
-    float tail[4] = {0, 0, 0, 0};
+    float tail[8] = {0};
     if (b < nb) { /* odd block count: one 32-block in ymm */
         __m256i wv;
         float dw;
@@ -331,21 +331,23 @@ AI void rowdot_q40_q80(const dl__mm *m, int64_t r, int t0, const int NT, const i
         m->y[(size_t)(t0 + t) * m->w->rows + r] = hsum(acc[t]) + tail[t];
 }
 
+/* Token tile: 8 would read the weights once for 8 sequences, but its 8 x 3 activation
+ * pointers spill and it measured slower than two passes of 4. */
+#define Q_TILE 4
+
 static void matmul_q_stream(const dl__mm *m, int64_t r0, int64_t r1, int is_q8)
 {
-    /* Token tiles of 4 reuse each weight load; rows outer so a row is read once per tile. */
-    for (int t = 0; t < m->n_tok; t += 4) {
-        int nt = m->n_tok - t < 4 ? m->n_tok - t : 4;
+    /* Token tiles share each weight load; rows inner so a row is read once per tile. */
+    for (int t = 0; t < m->n_tok; t += Q_TILE) {
+        int nt = m->n_tok - t < Q_TILE ? m->n_tok - t : Q_TILE;
         for (int64_t r = r0; r < r1; r++) {
             switch (nt * 2 + is_q8) {
-            case 2: rowdot_q40_q80(m, r, t, 1, 0); break;
-            case 3: rowdot_q40_q80(m, r, t, 1, 1); break;
-            case 4: rowdot_q40_q80(m, r, t, 2, 0); break;
-            case 5: rowdot_q40_q80(m, r, t, 2, 1); break;
-            case 6: rowdot_q40_q80(m, r, t, 3, 0); break;
-            case 7: rowdot_q40_q80(m, r, t, 3, 1); break;
-            case 8: rowdot_q40_q80(m, r, t, 4, 0); break;
-            default: rowdot_q40_q80(m, r, t, 4, 1); break;
+#define DL__QS(n) \
+    case 2 * n: rowdot_q40_q80(m, r, t, n, 0); break; \
+    case 2 * n + 1: rowdot_q40_q80(m, r, t, n, 1); break;
+            DL__QS(1) DL__QS(2) DL__QS(3) DL__QS(4) DL__QS(5) DL__QS(6) DL__QS(7) DL__QS(8)
+#undef DL__QS
+            default: break;
             }
         }
     }
@@ -360,34 +362,81 @@ typedef struct stripe {
     __m512 dw[KC_BLOCKS];    /* per block, the 16 rows' scales */
 } stripe;
 
+/* Four 16-byte pieces (rows g, g+4, g+8, g+12 at byte offset off of block b) in the four
+ * 128-bit lanes of one zmm. */
+AI __m512i lanes4(const uint8_t *const *rp, int g, size_t off)
+{
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(rp[g] + off)));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[g + 4] + off)), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[g + 8] + off)), 2);
+    return _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(rp[g + 12] + off)), 3);
+}
+
+/* 4x4 dword transpose inside each 128-bit lane: in z[g] lane L holds row g+4L's dwords
+ * 0..3; out[k] then holds dword k of rows 0..15 in dword order (row 4L+g at 4L+g). */
+AI void transpose4(const __m512i z[4], __m512i out[4])
+{
+    __m512i t0 = _mm512_unpacklo_epi32(z[0], z[1]), t1 = _mm512_unpackhi_epi32(z[0], z[1]);
+    __m512i t2 = _mm512_unpacklo_epi32(z[2], z[3]), t3 = _mm512_unpackhi_epi32(z[2], z[3]);
+    out[0] = _mm512_unpacklo_epi64(t0, t2);
+    out[1] = _mm512_unpackhi_epi64(t0, t2);
+    out[2] = _mm512_unpacklo_epi64(t1, t3);
+    out[3] = _mm512_unpackhi_epi64(t1, t3);
+}
+
+/* Repack by in-register transposes (lane inserts + unpacks): gathers cost several times
+ * more and made the pack, not the dot products, the bottleneck of small batches. Rows
+ * past nrows read row r0 again; their lanes are never stored. */
 static void stripe_pack(stripe *s, const dl__mm *m, int64_t r0, int nrows, int64_t b0, int nbk,
                         int is_q8)
 {
     const uint8_t *base = (const uint8_t *)m->w->data + (size_t)r0 * m->w->row_bytes;
-    __mmask16 rm = tail_mask(nrows);
-    __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                     _mm512_set1_epi32((int)m->w->row_bytes));
+    const size_t bsz = is_q8 ? sizeof(dl_block_q8_0) : sizeof(dl_block_q4_0);
+    const uint8_t *rp[16];
+    int ri[16];
+    for (int i = 0; i < 16; i++) {
+        ri[i] = i < nrows ? i : 0;
+        rp[i] = base + (size_t)ri[i] * m->w->row_bytes + (size_t)b0 * bsz;
+    }
+    /* the scales: one gather per block (2 of every 16+2 or 32+2 bytes) */
+    __m512i idx = _mm512_mullo_epi32(_mm512_loadu_si512((const void *)ri), _mm512_set1_epi32((int)m->w->row_bytes));
+    const uint8_t *dbase = base + (size_t)b0 * bsz;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), x80 = _mm512_set1_epi8((char)0x80);
     for (int b = 0; b < nbk; b++) {
+        __m512i dv = _mm512_i32gather_epi32(idx, dbase + (size_t)b * bsz, 1);
+        s->dw[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dv));
+        size_t off = (size_t)b * bsz + 2;
+        __m512i z[4], t[4];
         if (is_q8) {
-            const uint8_t *blk = base + (size_t)(b0 + b) * sizeof(dl_block_q8_0);
-            __m512i dv = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), rm, idx, blk, 1);
-            s->dw[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dv));
-            #pragma GCC unroll 8
-            for (int k = 0; k < 8; k++) {
-                __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), rm, idx, blk + 2 + 4 * k, 1);
-                s->w[b][k] = _mm512_xor_si512(g, _mm512_set1_epi8((char)0x80));
+            for (int h = 0; h < 2; h++) {
+                #pragma GCC unroll 4
+                for (int g = 0; g < 4; g++)
+                    z[g] = lanes4(rp, g, off + 16 * (size_t)h);
+                transpose4(z, t);
+                #pragma GCC unroll 4
+                for (int k = 0; k < 4; k++)
+                    s->w[b][4 * h + k] = _mm512_xor_si512(t[k], x80);
             }
         } else {
-            const uint8_t *blk = base + (size_t)(b0 + b) * sizeof(dl_block_q4_0);
-            __m512i dv = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), rm, idx, blk, 1);
-            s->dw[b] = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(dv));
-            #pragma GCC unroll 8
+            #pragma GCC unroll 4
+            for (int g = 0; g < 4; g++)
+                z[g] = lanes4(rp, g, off);
+            transpose4(z, t);
+            #pragma GCC unroll 4
             for (int k = 0; k < 4; k++) {
-                __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), rm, idx, blk + 2 + 4 * k, 1);
-                s->w[b][k] = _mm512_and_si512(g, _mm512_set1_epi8(0x0F));
-                s->w[b][k + 4] = _mm512_and_si512(_mm512_srli_epi16(g, 4), _mm512_set1_epi8(0x0F));
+                s->w[b][k] = _mm512_and_si512(t[k], m4);
+                s->w[b][k + 4] = _mm512_and_si512(_mm512_srli_epi16(t[k], 4), m4);
             }
         }
+    }
+}
+
+static void stripe_prefetch(const dl__mm *m, int64_t r0, int nrows, int64_t b0, int nbk, size_t bsz)
+{
+    for (int i = 0; i < nrows; i++) {
+        const char *p = (const char *)m->w->data + (size_t)(r0 + i) * m->w->row_bytes + (size_t)b0 * bsz;
+        for (size_t o = 0; o < (size_t)nbk * bsz; o += 64)
+            _mm_prefetch(p + o, _MM_HINT_T0);
     }
 }
 
@@ -442,11 +491,20 @@ static void matmul_q_stripe(const dl__mm *m, int64_t r0, int64_t r1, int is_q8)
 {
     const int64_t nb = m->w->cols / 32;
     const int shift = is_q8 ? 7 : 3;
+    const size_t bsz = is_q8 ? sizeof(dl_block_q8_0) : sizeof(dl_block_q4_0);
     stripe s __attribute__((aligned(64)));
     for (int64_t r = r0; r < r1; r += 16) {
         int nrows = r1 - r < 16 ? (int)(r1 - r) : 16;
         for (int64_t b0 = 0; b0 < nb; b0 += KC_BLOCKS) {
             int nbk = nb - b0 < KC_BLOCKS ? (int)(nb - b0) : KC_BLOCKS;
+            /* 16 rows advance together, more streams than the hardware prefetcher
+             * follows well: ask for the next chunk while this one is packed and used */
+            int64_t nr = r, nb0 = b0 + KC_BLOCKS;
+            if (nb0 >= nb)
+                nr = r + 16, nb0 = 0;
+            if (nr < r1)
+                stripe_prefetch(m, nr, r1 - nr < 16 ? (int)(r1 - nr) : 16, nb0,
+                                nb - nb0 < KC_BLOCKS ? (int)(nb - nb0) : KC_BLOCKS, bsz);
             stripe_pack(&s, m, r, nrows, b0, nbk, is_q8);
             int t = 0;
             for (; t + 4 <= m->n_tok; t += 4)
@@ -458,7 +516,7 @@ static void matmul_q_stripe(const dl__mm *m, int64_t r0, int64_t r1, int is_q8)
 }
 
 /* Re-packing pays off once it is shared by this many tokens. */
-#define STRIPE_MIN_TOK 8
+#define STRIPE_MIN_TOK 17
 
 /* ---- Q4_K / Q6_K ---- */
 
@@ -689,13 +747,121 @@ static void matmul_f(const dl__mm *m, int64_t r0, int64_t r1, uint32_t type)
     }
 }
 
+/* F16 / BF16: NR rows x NT tokens of accumulators. Decode (NT = 1) streams 8 rows at once
+ * so 8 independent FMA chains hide the FMA latency and the conversion (F16C / shift) is the
+ * only per-weight work; with more tokens each converted weight vector feeds NT FMAs. */
+AI __m512 cvth(__m256i h, uint32_t type)
+{
+    if (type == DL_TYPE_F16)
+        return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+AI void rowdot_h(const dl__mm *m, int64_t r, const int NR, int t0, const int NT, uint32_t type)
+{
+    const int64_t n = m->w->cols;
+    const uint16_t *w[8];
+    const float *x[4];
+    __m512 acc[4][8];
+    #pragma GCC unroll 8
+    for (int i = 0; i < NR; i++)
+        w[i] = (const uint16_t *)((const uint8_t *)m->w->data + (size_t)(r + i) * m->w->row_bytes);
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        x[t] = m->x + (size_t)(t0 + t) * n;
+        #pragma GCC unroll 8
+        for (int i = 0; i < NR; i++)
+            acc[t][i] = _mm512_setzero_ps();
+    }
+    int64_t c = 0;
+    for (; c + 16 <= n; c += 16) {
+        __m512 wv[8];
+        #pragma GCC unroll 8
+        for (int i = 0; i < NR; i++) {
+            _mm_prefetch((const char *)(w[i] + c) + 512, _MM_HINT_T0);
+            wv[i] = cvth(_mm256_loadu_si256((const __m256i *)(w[i] + c)), type);
+        }
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) {
+            __m512 xv = _mm512_loadu_ps(x[t] + c);
+            #pragma GCC unroll 8
+            for (int i = 0; i < NR; i++)
+                acc[t][i] = _mm512_fmadd_ps(wv[i], xv, acc[t][i]);
+        }
+    }
+    if (c < n) {
+        __mmask16 mk = tail_mask((int)(n - c));
+        __m512 wv[8];
+        #pragma GCC unroll 8
+        for (int i = 0; i < NR; i++)
+            wv[i] = cvth(_mm256_maskz_loadu_epi16(mk, w[i] + c), type);
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) {
+            __m512 xv = _mm512_maskz_loadu_ps(mk, x[t] + c);
+            #pragma GCC unroll 8
+            for (int i = 0; i < NR; i++)
+                acc[t][i] = _mm512_fmadd_ps(wv[i], xv, acc[t][i]);
+        }
+    }
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        float *y = m->y + (size_t)(t0 + t) * m->w->rows + r;
+        #pragma GCC unroll 8
+        for (int i = 0; i < NR; i++)
+            y[i] = hsum(acc[t][i]);
+    }
+}
+
+#define H_RBLOCK 16 /* rows whose weights (16 x cols x 2 bytes) stay in L2 across all tokens */
+
+static void matmul_h_type(const dl__mm *m, int64_t r0, int64_t r1, uint32_t type)
+{
+    if (m->n_tok == 1) {
+        int64_t r = r0;
+        for (; r + 8 <= r1; r += 8)
+            rowdot_h(m, r, 8, 0, 1, type);
+        for (; r < r1; r++)
+            rowdot_h(m, r, 1, 0, 1, type);
+        return;
+    }
+    /* several tokens: a block of rows is read from memory once and reused by every token */
+    for (int64_t rb = r0; rb < r1; rb += H_RBLOCK) {
+        int64_t re = r1 - rb < H_RBLOCK ? r1 : rb + H_RBLOCK;
+        int t = 0;
+        for (; t + 4 <= m->n_tok; t += 4) {
+            int64_t r = rb;
+            for (; r + 4 <= re; r += 4)
+                rowdot_h(m, r, 4, t, 4, type);
+            for (; r < re; r++)
+                rowdot_h(m, r, 1, t, 4, type);
+        }
+        for (; t < m->n_tok; t++) {
+            int64_t r = rb;
+            for (; r + 8 <= re; r += 8)
+                rowdot_h(m, r, 8, t, 1, type);
+            for (; r < re; r++)
+                rowdot_h(m, r, 1, t, 1, type);
+        }
+    }
+}
+
+static void matmul_h(const dl__mm *m, int64_t r0, int64_t r1)
+{
+    if (m->w->type == DL_TYPE_F16)
+        matmul_h_type(m, r0, r1, DL_TYPE_F16);
+    else
+        matmul_h_type(m, r0, r1, DL_TYPE_BF16);
+}
+
 static int matmul512(const dl__mm *m, int64_t r0, int64_t r1)
 {
     switch (m->w->type) {
     case DL_TYPE_F32:
+        matmul_f(m, r0, r1, m->w->type);
+        return 0;
     case DL_TYPE_F16:
     case DL_TYPE_BF16:
-        matmul_f(m, r0, r1, m->w->type);
+        matmul_h(m, r0, r1);
         return 0;
     case DL_TYPE_Q8_0:
     case DL_TYPE_Q4_0:

@@ -155,7 +155,9 @@ static void check_matmul(enum dl_isa isa, dl_pool *pool, uint32_t type, int64_t 
     tw_free(&t);
 }
 
-static const int n_toks[] = {1, 2, 3, 5, 8, 17};
+/* every token count a batch of decoding sequences can bring, through each SIMD tile
+ * size and remainder (4-token tiles, the 17-token stripe threshold) */
+static const int n_toks[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17};
 
 static void matmul_all(uint32_t type, const int64_t *cols, int ncols)
 {
