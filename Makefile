@@ -21,7 +21,7 @@ OPT     ?= -O2
 DEPS_PKGS := libmicrohttpd-dev libcjson-dev libuv1-dev check pkg-config libcurl4-openssl-dev
 # only `make test` needs these: promtool/prometheus for the metrics tests, node for the
 # openai client and openapi checks (npm packages go to $(BUILD)/node_modules at test time)
-TEST_PKGS := prometheus
+TEST_PKGS := prometheus nginx
 
 WARN    := -Wall -Wextra -Werror -Wshadow -Wno-unused-parameter
 CFLAGS  ?=

@@ -4,6 +4,7 @@
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -620,6 +621,18 @@ static enum MHD_Result invalid(conn *k, const char *msg, const char *param, cons
     return send_error(k, 400, msg, "invalid_request_error", param, code);
 }
 
+/* The same alphabet and length that dl_request_parse accepts for the body's session_id. */
+static int header_session_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > DL_SESSION_ID_LEN)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && !strchr("-_.:", s[i]))
+            return 0;
+    return 1;
+}
+
 static enum MHD_Result handle_generate(conn *k, int kind)
 {
     dl_server *s = k->srv;
@@ -635,6 +648,18 @@ static enum MHD_Result handle_generate(conn *k, int kind)
                          param, sizeof param)) {
         dl_request_free(&req);
         return invalid(k, err, param, NULL);
+    }
+    /* A load balancer can only hash on what it sees without parsing JSON, so the session may
+     * also come as the X-Session-Id header (nginx: hash $http_x_session_id consistent). The
+     * body wins when both are given: it is what the client meant for this request. */
+    const char *hs = MHD_lookup_connection_value(k->c, MHD_HEADER_KIND, "X-Session-Id");
+    if (!req.session_id[0] && hs) {
+        if (!header_session_ok(hs)) {
+            dl_request_free(&req);
+            return invalid(k, "the X-Session-Id header must be 1 to 128 characters of "
+                              "[A-Za-z0-9._:-]", "session_id", NULL);
+        }
+        snprintf(req.session_id, sizeof req.session_id, "%s", hs);
     }
     for (int i = 0; i < req.sampling.n_logit_bias; i++)
         if (req.sampling.logit_bias[i].token >= n_vocab) {

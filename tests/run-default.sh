@@ -1,13 +1,24 @@
 #!/bin/sh
 # `make run`: start the daemon on the default model (or, without a daemon, generate with the
-# CLI). MODEL=path overrides the default, which is stories260K from the shared folder.
+# CLI). MODEL=path overrides the default, stories260K, which `deltallm pull` finds in the
+# local model folders ($shared/models first) with its sha256 checked, or downloads.
 build=${1:-build}
 shared=${2:-../shared}
-model=${MODEL:-$shared/models/tinyllamas-stories-260k-f32.v3.gguf}
-if [ ! -f "$model" ]; then
-    echo "make run: no model at $model" >&2
-    echo "  pass one with: make run MODEL=/path/to/model.gguf" >&2
-    exit 1
+if [ -n "${MODEL:-}" ]; then
+    model=$MODEL
+    if [ ! -f "$model" ]; then
+        echo "make run: no model at $model" >&2
+        exit 1
+    fi
+else
+    # ../shared/models is searched anyway; name another shared folder so it is searched first
+    dirarg=""
+    [ "$shared" != "../shared" ] && dirarg="--models-dir $shared/models"
+    if ! model=$("$build/deltallm" pull --path-only $dirarg stories260k); then
+        echo "make run: the default model stories260k could not be found or downloaded (see above)" >&2
+        echo "  pass one with: make run MODEL=/path/to/model.gguf" >&2
+        exit 1
+    fi
 fi
 if [ -x "$build/deltallmd" ]; then
     echo "starting deltallmd on $model (Ctrl-C to stop)"

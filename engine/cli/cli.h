@@ -13,6 +13,7 @@ int dl_cmd_synth(int argc, char **argv);
 int dl_cmd_bench(int argc, char **argv);
 int dl_cmd_eval(int argc, char **argv);
 int dl_cmd_bench_attn(int argc, char **argv);
+int dl_cmd_pull(int argc, char **argv);
 
 /* Parsing helpers: 0 on success, -1 with a message on stderr naming the option. */
 int dl_cli_int(const char *opt, const char *val, long lo, long hi, long *out);

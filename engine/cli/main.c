@@ -30,6 +30,8 @@ static void usage(FILE *f)
           "            DeltaLLM vs dense attention time and K-cache bytes\n"
           "  eval      -m MODEL -f TEXT [--ctx 256] [--sweep] | --task T -f FILE\n"
           "            DeltaLLM vs dense: perplexity, KL, top-1 agreement, sparsity, tasks\n"
+          "  pull      [--models-dir DIR] [--path-only] [--offline] NAME | --list\n"
+          "            find a known model locally (or download it) and check its sha256\n"
           "\n"
           "Run 'deltallm COMMAND --help' for the options of a command.\n",
           f);
@@ -54,6 +56,7 @@ int main(int argc, char **argv)
         {"bench", dl_cmd_bench},
         {"eval", dl_cmd_eval},
         {"bench-attn", dl_cmd_bench_attn},
+        {"pull", dl_cmd_pull},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (!strcmp(cmd, cmds[i].name))
