@@ -203,7 +203,20 @@ static int set_special(dl_config *c, const char *key, const char *v, char *err, 
     return -ENOENT;
 }
 
+static int set_key(dl_config *c, const char *key, const char *value, char *err, size_t errlen);
+
+/* Sources are applied lowest priority first (file, env, flags), so the last of delta-theta
+ * and delta-sparsity-target to be set decides which one is used: a threshold given
+ * explicitly replaces the default target. */
 int dl_config_set(dl_config *c, const char *key, const char *value, char *err, size_t errlen)
+{
+    int rc = set_key(c, key, value, err, errlen);
+    if (rc == 0 && !strcmp(key, "delta-theta"))
+        c->delta.sparsity_target = -1;
+    return rc;
+}
+
+static int set_key(dl_config *c, const char *key, const char *value, char *err, size_t errlen)
 {
     const key_def *k = find_key(key);
     if (!k) {

@@ -279,9 +279,14 @@ static int parse_delta(pctx *c, dl_request *r, const cJSON *j)
         d->theta = (float)x;
     }
     if ((v = opt(j, "sparsity_target"))) {
+        if (opt(j, "theta"))
+            return fail(c, "delta.sparsity_target",
+                        "give delta.theta or delta.sparsity_target, not both");
         if (get_num(c, v, "delta.sparsity_target", -1, 0.999999, &x))
             return -EINVAL;
         d->sparsity_target = (float)x;
+    } else if (opt(j, "theta")) {
+        d->sparsity_target = -1; /* an explicit threshold replaces the default target */
     }
     if ((v = opt(j, "window"))) {
         if (get_int(c, v, "delta.window", 1, 1 << 20, &i))

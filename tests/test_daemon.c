@@ -474,6 +474,8 @@ START_TEST(malformed_corpus)
         {"/v1/completions", "{\"prompt\":\"x\",\"delta\":5}", 400, "delta"},
         {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"window\":0}}", 400, "delta.window"},
         {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"theta\":-1}}", 400, "delta.theta"},
+        {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"theta\":0.3,\"sparsity_target\":0.5}}",
+         400, "delta.sparsity_target"},
         {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"stages\":\"all\"}}", 400,
          "delta.stages"},
         {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"block_frac\":2}}", 400,
