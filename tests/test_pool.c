@@ -144,7 +144,7 @@ START_TEST(test_matmul_thread_count_invariant)
             }
             dl_quantize_row(types[k], src, data + r * rb, COLS);
         }
-        dl_weight w = {types[k], ROWS, COLS, rb, data};
+        dl_weight w = {.type = types[k], .rows = ROWS, .cols = COLS, .row_bytes = rb, .data = data};
         dl_matmul(NULL, &w, x, y1, NTOK, scratch);
         for (int n = 1; n <= 4; n++) {
             dl_pool *p = dl_pool_create(n);
