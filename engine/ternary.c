@@ -57,11 +57,14 @@ size_t dl_ternary_scratch_size(int n_tok, int64_t cols)
 
 /* ---- activation quantisation ------------------------------------------------------------ */
 
+typedef void (*quant_fn)(const float *x, int64_t cols, float *s_out, int32_t *sums, int8_t *q);
+
 typedef struct quant_args {
     const float *x;
     int n_tok;
     int64_t cols;
     act_view v;
+    quant_fn fn;
 } quant_args;
 
 static void quantize_token(const float *x, int64_t cols, float *s_out, int32_t *sums, int8_t *q)
@@ -92,13 +95,14 @@ static void quant_task(void *arg, int ith, int nth)
     long lo, hi;
     dl_split(a->n_tok, ith, nth, &lo, &hi);
     for (long t = lo; t < hi; t++)
-        quantize_token(a->x + t * a->cols, a->cols, &a->v.s[t], a->v.sums + t * (a->v.nb + 1),
-                       a->v.q + t * a->cols);
+        a->fn(a->x + t * a->cols, a->cols, &a->v.s[t], a->v.sums + t * (a->v.nb + 1),
+              a->v.q + t * a->cols);
 }
 
 void dl_ternary_quantize(dl_pool *pool, const float *x, int n_tok, int64_t cols, void *scratch)
 {
-    quant_args a = {x, n_tok, cols, view(scratch, n_tok, cols)};
+    quant_args a = {x, n_tok, cols, view(scratch, n_tok, cols),
+                    dl_isa_active() >= DL_ISA_AVX2 ? dl__quantize_avx2 : quantize_token};
     if (n_tok == 1)
         quant_task(&a, 0, 1); /* one token: not worth waking the pool */
     else
@@ -127,14 +131,21 @@ static int32_t tq2_dot_scalar(const uint8_t *qs, const int8_t *q)
     return sum;
 }
 
-/* TQ1_0 has no SIMD path: its base-3 bytes are decoded here on every ISA. */
+static void i2s_dot4t_scalar(const uint8_t *w, const int8_t *q, int64_t qstride, int64_t n,
+                             int32_t out[4])
+{
+    for (int k = 0; k < 4; k++)
+        out[k] = i2s_dot_scalar(w, q + k * qstride, n);
+}
+
+/* TQ1_0's base-3 bytes; the AVX2 dot (used on AVX-512 too) decodes the same way. */
 static int tq1_trit(uint8_t byte, int n)
 {
     static const uint8_t pow3[5] = {1, 3, 9, 27, 81};
     return ((unsigned)(uint8_t)(byte * pow3[n]) * 3) >> 8;
 }
 
-static int32_t tq1_dot(const dl_block_tq1_0 *b, const int8_t *q)
+static int32_t tq1_dot_scalar(const dl_block_tq1_0 *b, const int8_t *q)
 {
     int32_t sum = 0;
     for (int n = 0; n < 5; n++)
@@ -153,18 +164,23 @@ static int32_t tq1_dot(const dl_block_tq1_0 *b, const int8_t *q)
 
 typedef struct dots {
     dl__i2s_dot_fn i2s;
+    dl__i2s_dot4t_fn i2s4t;
     dl__tq2_dot_fn tq2;
+    dl__tq1_dot_fn tq1;
 } dots;
 
 static dots pick_dots(void)
 {
     switch (dl_isa_active()) {
     case DL_ISA_AVX512:
-        return (dots){dl__i2s_dot_avx512, dl__tq2_dot_avx512};
+        return (dots){dl__i2s_dot_avx512, dl__i2s_dot4t_avx512,
+                      dl__tq2_dot_avx512, dl__tq1_dot_avx2};
     case DL_ISA_AVX2:
-        return (dots){dl__i2s_dot_avx2, dl__tq2_dot_avx2};
+        return (dots){dl__i2s_dot_avx2, dl__i2s_dot4t_avx2, dl__tq2_dot_avx2,
+                      dl__tq1_dot_avx2};
     default:
-        return (dots){i2s_dot_scalar, tq2_dot_scalar};
+        return (dots){i2s_dot_scalar, i2s_dot4t_scalar, tq2_dot_scalar,
+                      tq1_dot_scalar};
     }
 }
 
@@ -186,7 +202,7 @@ static float tq_row(uint32_t type, const void *row, const int8_t *q, const int32
         } else {
             const dl_block_tq1_0 *b = (const dl_block_tq1_0 *)row + i;
             bd = b->d;
-            dot = tq1_dot(b, q + 256 * i);
+            dot = k->tq1(b, q + 256 * i);
         }
         if (i > 0 && bd != d) {
             acc += (float)run * dl_fp16_to_f32(d);
@@ -207,6 +223,37 @@ typedef struct mm_args {
     dots k;
 } mm_args;
 
+/* y for token t, row r from the integer dot (see ternary.h: one rescale for every ISA). */
+static inline void put(const mm_args *a, int t, int64_t r, int32_t dot)
+{
+    float acc = (float)(dot - a->v.sums[t * (a->v.nb + 1) + a->v.nb]);
+    a->y[(int64_t)t * a->w->rows + r] = acc * a->scale / a->v.s[t];
+}
+
+/* I2_S rows r0..r1: four tokens at a time share each decoded code; the tokens left over
+ * (all of them in decode) go row by row (measured faster than four rows at a time, which
+ * breaks the prefetcher's single stream per thread). */
+static void i2s_tile(const mm_args *a, int64_t r0, int64_t r1)
+{
+    const dl_weight *w = a->w;
+    const uint8_t *base = w->data;
+    int t = 0;
+    for (; t + 4 <= a->n_tok; t += 4) {
+        const int8_t *q = a->v.q + (int64_t)t * w->cols;
+        for (int64_t r = r0; r < r1; r++) {
+            int32_t d[4];
+            a->k.i2s4t(base + r * (int64_t)w->row_bytes, q, w->cols, w->cols, d);
+            for (int j = 0; j < 4; j++)
+                put(a, t + j, r, d[j]);
+        }
+    }
+    for (; t < a->n_tok; t++) {
+        const int8_t *q = a->v.q + (int64_t)t * w->cols;
+        for (int64_t r = r0; r < r1; r++)
+            put(a, t, r, a->k.i2s(base + r * (int64_t)w->row_bytes, q, w->cols));
+    }
+}
+
 static void mm_task(void *arg, int ith, int nth)
 {
     const mm_args *a = arg;
@@ -215,17 +262,17 @@ static void mm_task(void *arg, int ith, int nth)
     dl_split((w->rows + ROW_TILE - 1) / ROW_TILE, ith, nth, &lo, &hi);
     for (long tile = lo; tile < hi; tile++) {
         int64_t r0 = tile * ROW_TILE, r1 = r0 + ROW_TILE < w->rows ? r0 + ROW_TILE : w->rows;
+        if (w->type == DL_TYPE_I2_S) {
+            i2s_tile(a, r0, r1);
+            continue;
+        }
         for (int t = 0; t < a->n_tok; t++) {
             const int8_t *q = a->v.q + (int64_t)t * w->cols;
             const int32_t *sums = a->v.sums + t * (a->v.nb + 1);
             float *y = a->y + (int64_t)t * w->rows;
             for (int64_t r = r0; r < r1; r++) {
                 const uint8_t *row = (const uint8_t *)w->data + r * (int64_t)w->row_bytes;
-                float acc;
-                if (w->type == DL_TYPE_I2_S)
-                    acc = (float)(a->k.i2s(row, q, w->cols) - sums[a->v.nb]);
-                else
-                    acc = tq_row(w->type, row, q, sums, w->cols / DL_QK_K, &a->k);
+                float acc = tq_row(w->type, row, q, sums, w->cols / DL_QK_K, &a->k);
                 y[r] = acc * a->scale / a->v.s[t];
             }
         }
