@@ -72,7 +72,8 @@ static void attn_worker(void *arg, int ith, int nth)
     const attn_job *j = arg;
     long lo, hi, total = (long)j->n * j->s->n_head;
     dl_split(total, ith, nth, &lo, &hi);
-    float *att = j->scratch + (size_t)ith * j->s->n_ctx;
+    /* each thread needs at most pos0 + n scores; the caller sized scratch for its max_ctx */
+    float *att = j->scratch + (size_t)ith * (size_t)(j->pos0 + j->n);
     for (long w = lo; w < hi; w++)
         attend_one(j, (int)(w / j->s->n_head), (int)(w % j->s->n_head), att);
 }

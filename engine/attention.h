@@ -22,7 +22,7 @@ void dl_kv_store(const dl_attn_shape *s, dl_fp16 *kc, dl_fp16 *vc, int pos0, int
                  const float *k, const float *v);
 
 /* Outputs for n queries at positions pos0..pos0+n-1, each attending to keys 0..its own
- * position. q, out: n x n_head*head_dim. scratch: n_threads x n_ctx floats. */
+ * position. q, out: n x n_head*head_dim. scratch: n_threads x (pos0 + n) floats at least. */
 void dl_attn_dense(dl_pool *pool, const dl_attn_shape *s, const dl_fp16 *kc,
                    const dl_fp16 *vc, int pos0, int n, const float *q, float *out,
                    float *scratch);

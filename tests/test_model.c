@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "model.h"
 #include "testutil.h"
 
@@ -196,6 +197,40 @@ START_TEST(forward_rejects_bad_batches)
 }
 END_TEST
 
+/* A sequence may be created larger than a ctx's max_ctx (a session that later moves to a
+ * bigger worker); attention scratch must be sized by what the call needs, not by the
+ * sequence. Scalar path forced: it is the one that uses the scratch. */
+START_TEST(sequence_larger_than_ctx)
+{
+    char err[256];
+    dl_isa_force(DL_ISA_SCALAR);
+    dl_model *m = load(STORIES);
+    int V = dl_model_hparams(m)->n_vocab;
+    dl_ctx *small = dl_ctx_create(m, 8, 16, 2, err, sizeof err);
+    dl_ctx *big = dl_ctx_create(m, 8, 512, 2, err, sizeof err);
+    dl_seq *a = dl_seq_create(m, 512, NULL, err, sizeof err);
+    dl_seq *b = dl_seq_create(m, 512, NULL, err, sizeof err);
+    int32_t p[16] = {1, 403, 407, 261, 378, 271, 291, 45, 357, 286, 300, 412, 300, 45, 291, 271};
+    float *la = malloc(sizeof(float) * V), *lb = malloc(sizeof(float) * V);
+    for (int off = 0; off < 16; off += 8) {
+        dl_batch_item ia = {a, p + off, 8, la, 0}, ib = {b, p + off, 8, lb, 0};
+        ck_assert_msg(dl_forward(small, &ia, 1, err, sizeof err) == 0, "%s", err);
+        ck_assert_msg(dl_forward(big, &ib, 1, err, sizeof err) == 0, "%s", err);
+    }
+    ck_assert(max_abs_diff(la, lb, V) == 0.0f);
+    int32_t more = 5; /* past the small ctx's max_ctx: refused, not overrun */
+    dl_batch_item over = {a, &more, 1, la, 0};
+    ck_assert_int_lt(dl_forward(small, &over, 1, err, sizeof err), 0);
+    free(la);
+    free(lb);
+    dl_seq_free(a);
+    dl_seq_free(b);
+    dl_ctx_free(small);
+    dl_ctx_free(big);
+    dl_model_free(m);
+}
+END_TEST
+
 /* F16 weights, untied output head, the full 32k vocabulary. */
 START_TEST(tiny_random_f16_generates)
 {
@@ -253,6 +288,7 @@ int main(void)
     tcase_add_test(tc, truncate_and_refeed);
     tcase_add_test(tc, forward_rejects_bad_batches);
     tcase_add_test(tc, tiny_random_f16_generates);
+    tcase_add_test(tc, sequence_larger_than_ctx);
     tcase_add_test(tc, vocab_only_file_is_not_a_model);
     suite_add_tcase(s, tc);
     return dl_test_run(s);
