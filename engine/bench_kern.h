@@ -23,9 +23,13 @@ typedef struct dl_bench_mm {
 } dl_bench_mm;
 
 /* Time dl_matmul for a rows x cols weight of `type` and n_tok tokens. Weights are
- * replicated across enough copies to exceed the last-level cache, as a model's layers do.
- * Returns 0, or -ENOMEM / -EINVAL. */
+ * replicated across enough copies to exceed the last-level cache, as a model's layers do,
+ * and each copy goes through dl_weight_prepare as at model load (weight_gbs then counts
+ * the bytes of the copy the matmul reads). Returns 0, or -ENOMEM / -EINVAL. */
 int dl_bench_matmul(dl_pool *p, uint32_t type, int64_t rows, int64_t cols, int n_tok,
                     dl_bench_mm *out);
+/* The same with the preparation optional (prepare = 0: the weights as mapped). */
+int dl_bench_matmul_opt(dl_pool *p, uint32_t type, int64_t rows, int64_t cols, int n_tok,
+                        int prepare, dl_bench_mm *out);
 
 #endif

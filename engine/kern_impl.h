@@ -30,6 +30,36 @@ static inline size_t dl__actk_stride(int64_t cols)
     return DL__ALIGN64((size_t)cols + (size_t)cols / 256 * 4 + (size_t)cols / 16 * 2);
 }
 
+/* Packed Q4_0 / Q8_0 (dl_weight.packed, made by dl_weight_prepare for the AVX-512 path).
+ * Rows go in groups of 16, the last padded with zero rows; group g starts at
+ * g * dl__pk_group_bytes. Its nb = cols / 32 blocks go in pairs, each pair one 64-byte
+ * line of scales (fp16 d[2][16]: block 2p+j, row i of the group at [j][i]) followed by the
+ * two blocks' quants (the last pair of an odd nb has one block), so a group is one
+ * sequential stream of whole cache lines. A block's quants are 64-byte pieces k whose
+ * dword i is row i's qs[4k .. 4k+3]:
+ *   Q4_0: 4 pieces, bytes as stored (low nibbles: columns 4k.., high: 16+4k..);
+ *   Q8_0: 8 pieces, each byte ^ 0x80 (w + 128, unsigned for vpdpbusd).
+ * So one vpdpbusd of a piece with 4 broadcast activation bytes gives 16 rows' partial
+ * dots, and the same bytes serve one token (streamed once) or many (reused from cache). */
+static inline size_t dl__pk_qbytes(uint32_t type)
+{
+    return type == 8 ? 512 : 256;
+}
+/* Offsets inside a group of block b's 16 scales and of its quants. */
+static inline size_t dl__pk_scale_off(uint32_t type, int64_t b)
+{
+    return (size_t)(b / 2) * (64 + 2 * dl__pk_qbytes(type)) + (size_t)(b % 2) * 32;
+}
+static inline size_t dl__pk_quant_off(uint32_t type, int64_t b)
+{
+    return (size_t)(b / 2) * (64 + 2 * dl__pk_qbytes(type)) + 64 + (size_t)(b % 2) * dl__pk_qbytes(type);
+}
+static inline size_t dl__pk_group_bytes(uint32_t type, int64_t cols)
+{
+    int64_t nb = cols / 32;
+    return dl__pk_scale_off(type, nb + (nb % 2)); /* = start of the pair after the last */
+}
+
 /* Scalar definitions of the two activation formats (one token). */
 void dl__quant_act32_ref(const float *x, int64_t cols, void *dst);
 void dl__quant_actk_ref(const float *x, int64_t cols, void *dst);

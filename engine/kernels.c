@@ -11,7 +11,9 @@
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
+#include <errno.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -241,6 +243,59 @@ void dl_matmul(dl_pool *pool, const dl_weight *w, const float *x, float *y, int 
         }
     }
     dl_pool_run(pool, dl__matmul_job, &k);
+}
+
+/* ---- load-time repacking (layout: kern_impl.h) ---- */
+
+size_t dl_weight_prepared_bytes(const dl_weight *w)
+{
+    /* only the AVX-512 path reads the packed layout; elsewhere it would be dead memory */
+    if (dl_isa_active() != DL_ISA_AVX512 || w->rows <= 0 || w->cols <= 0 || w->cols % 32 != 0)
+        return 0;
+    if (w->type != DL_TYPE_Q4_0 && w->type != DL_TYPE_Q8_0)
+        return 0;
+    return (size_t)((w->rows + 15) / 16) * dl__pk_group_bytes(w->type, w->cols);
+}
+
+static void dl__pack_group(const dl_weight *w, int64_t r0, uint8_t *dst)
+{
+    const int64_t nb = w->cols / 32;
+    const int q8 = w->type == DL_TYPE_Q8_0;
+    const size_t qb = dl__pk_qbytes(w->type), bsz = q8 ? sizeof(dl_block_q8_0) : sizeof(dl_block_q4_0);
+    for (int i = 0; i < 16 && r0 + i < w->rows; i++) {
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + i) * w->row_bytes;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + (size_t)b * bsz;
+            const uint8_t *q = blk + sizeof(dl_fp16); /* both block types: d, then qs */
+            uint8_t *o = dst + dl__pk_quant_off(w->type, b) + 4 * (size_t)i;
+            memcpy(dst + dl__pk_scale_off(w->type, b) + 2 * (size_t)i, blk, sizeof(dl_fp16));
+            for (size_t k = 0; k < qb / 64; k++)
+                for (int j = 0; j < 4; j++)
+                    o[64 * k + (size_t)j] = (uint8_t)(q[4 * k + (size_t)j] ^ (q8 ? 0x80 : 0));
+        }
+    }
+}
+
+int dl_weight_prepare(dl_weight *w, void **owned, char *err, size_t errlen)
+{
+    *owned = NULL;
+    size_t n = dl_weight_prepared_bytes(w);
+    if (n == 0)
+        return 0;
+    /* zeroed: padding rows then have scale 0 and add nothing */
+    uint8_t *p = aligned_alloc(64, DL__ALIGN64(n));
+    if (!p) {
+        if (err && errlen)
+            snprintf(err, errlen, "kernels: cannot allocate %zu bytes for a repacked weight", n);
+        return -ENOMEM;
+    }
+    memset(p, 0, n);
+    size_t gb = dl__pk_group_bytes(w->type, w->cols);
+    for (int64_t r = 0; r < w->rows; r += 16)
+        dl__pack_group(w, r, p + (size_t)(r / 16) * gb);
+    w->packed = p;
+    *owned = p;
+    return 0;
 }
 
 /* ---- vector kernels ---- */

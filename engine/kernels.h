@@ -21,14 +21,26 @@ enum dl_isa dl_isa_detect(void);          /* best the CPU supports */
 void dl_isa_force(enum dl_isa isa);        /* for tests: clamped to what the CPU has */
 const char *dl_isa_name(enum dl_isa isa);
 
-/* A weight matrix: rows x cols, each row cols elements of `type` (row_bytes each). */
+/* A weight matrix: rows x cols, each row cols elements of `type` (row_bytes each).
+ * packed: NULL, or the copy dl_weight_prepare made in the fast paths' own layout; `data`
+ * must stay valid either way (the scalar and AVX2 paths, and the reference, read it). */
 typedef struct dl_weight {
     uint32_t type;
     int64_t rows;
     int64_t cols;
     size_t row_bytes;
     const void *data;
+    const void *packed;
 } dl_weight;
+
+/* Called once per weight at load. Where the active instruction set has a faster layout
+ * for w's type (AVX-512: Q4_0 and Q8_0, 16 rows interleaved per 32-column block, used for
+ * every token count), allocates that copy, points w->packed at it and stores it in *owned
+ * (free() it after the last matmul with w); otherwise leaves w unchanged, *owned = NULL.
+ * Returns 0, or -ENOMEM (message in err). After this the matmuls read only the copy. */
+int dl_weight_prepare(dl_weight *w, void **owned, char *err, size_t errlen);
+/* Bytes dl_weight_prepare would allocate for w now: 0 when it would not repack. */
+size_t dl_weight_prepared_bytes(const dl_weight *w);
 
 /* Scratch bytes dl_matmul needs for n_tok tokens of width cols (quantised activations). */
 size_t dl_matmul_scratch_size(int n_tok, int64_t cols);

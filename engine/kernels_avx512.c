@@ -518,6 +518,112 @@ static void matmul_q_stripe(const dl__mm *m, int64_t r0, int64_t r1, int is_q8)
 /* Re-packing pays off once it is shared by this many tokens. */
 #define STRIPE_MIN_TOK 17
 
+/* ---- Q8_0 / Q4_0: the load-time packed layout (kern_impl.h), every token count ---- */
+
+/* y[t][r0 .. r0+nrows) = one 16-row group's dot with NT tokens' activations. Each 64-byte
+ * piece of weights feeds NT vpdpbusd against 4 broadcast activation bytes, 16 rows per
+ * instruction: no horizontal sums, and a piece loaded once serves the whole token tile. */
+AI void packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows, int t0,
+                    const int NT, const int is_q8)
+{
+    const int64_t nb = m->w->cols / 32;
+    const int shift = is_q8 ? 7 : 3;
+    const uint32_t ty = is_q8 ? DL_TYPE_Q8_0 : DL_TYPE_Q4_0;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int C = NT == 1 ? 4 : NT <= 3 ? 2 : 1;
+    __m512 acc[8];
+    const int8_t *qa[8];
+    const float *da[8];
+    const int32_t *sa[8];
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
+        da[t] = (const float *)(qa[t] + m->w->cols);
+        sa[t] = (const int32_t *)(da[t] + nb);
+    }
+    const size_t qb = dl__pk_qbytes(ty), pair = 64 + 2 * qb;
+    for (int64_t b2 = 0; b2 < nb; b2 += 2) {
+      /* a pair's addresses are constant offsets from one pointer: few registers for them */
+      const uint8_t *pp = grp + (size_t)(b2 / 2) * pair;
+      #pragma GCC unroll 2
+      for (int j = 0; j < 2; j++) {
+        if (b2 + j >= nb)
+            break;
+        const int64_t b = b2 + j;
+        const uint8_t *q = pp + 64 + (size_t)j * qb;
+        __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(pp + 32 * j)));
+        /* dp[c][t]: C independent chains per token, so that a few tokens are not bound by
+         * the latency of 8 dependent vpdpbusd per block */
+        __m512i dp[4][8];
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) {
+            dp[0][t] = _mm512_set1_epi32(-sa[t][b] * (1 << shift));
+            #pragma GCC unroll 4
+            for (int c = 1; c < C; c++)
+                dp[c][t] = _mm512_setzero_si512();
+        }
+        #pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            if (!is_q8 && k >= 4)
+                break;
+            __m512i v = _mm512_load_si512((const void *)(q + 64 * k)), lo, hi = v;
+            lo = is_q8 ? v : _mm512_and_si512(v, m4);
+            if (!is_q8)
+                hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            const int c0 = (is_q8 ? k : 2 * k) % C, c1 = (2 * k + 1) % C;
+            #pragma GCC unroll 8
+            for (int t = 0; t < NT; t++) {
+                int32_t a4;
+                memcpy(&a4, qa[t] + b * 32 + 4 * k, 4);
+                dp[c0][t] = _mm512_dpbusd_epi32(dp[c0][t], lo, _mm512_set1_epi32(a4));
+                if (!is_q8) {
+                    memcpy(&a4, qa[t] + b * 32 + 16 + 4 * k, 4);
+                    dp[c1][t] = _mm512_dpbusd_epi32(dp[c1][t], hi, _mm512_set1_epi32(a4));
+                }
+            }
+        }
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; t++) {
+            __m512i sum = dp[0][t];
+            if (C == 4)
+                sum = _mm512_add_epi32(_mm512_add_epi32(dp[0][t], dp[1][t]), _mm512_add_epi32(dp[2][t], dp[3][t]));
+            else if (C == 2)
+                sum = _mm512_add_epi32(dp[0][t], dp[1][t]);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(da[t][b])),
+                                     acc[t]);
+        }
+      }
+    }
+    const __mmask16 rm = tail_mask(nrows);
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++)
+        _mm512_mask_storeu_ps(m->y + (size_t)(t0 + t) * m->w->rows + r0, rm, acc[t]);
+}
+
+#define PK_TILE 8 /* tokens per pass over a group: 8 dp + 8 acc registers (4 or 6: slower) */
+
+static void matmul_q_packed(const dl__mm *m, int64_t r0, int64_t r1, int is_q8)
+{
+    const size_t gb = dl__pk_group_bytes(m->w->type, m->w->cols);
+    /* r0 is a multiple of 16 (dl__matmul_job hands out 16-row tiles) */
+    for (int64_t r = r0; r < r1; r += 16) {
+        const uint8_t *grp = (const uint8_t *)m->w->packed + (size_t)(r / 16) * gb;
+        int nrows = r1 - r < 16 ? (int)(r1 - r) : 16;
+        for (int t = 0; t < m->n_tok; t += PK_TILE) {
+            int nt = m->n_tok - t < PK_TILE ? m->n_tok - t : PK_TILE;
+            switch (nt * 2 + is_q8) {
+#define DL__PK(n) \
+    case 2 * n: packed_tile(m, grp, r, nrows, t, n, 0); break; \
+    case 2 * n + 1: packed_tile(m, grp, r, nrows, t, n, 1); break;
+            DL__PK(1) DL__PK(2) DL__PK(3) DL__PK(4) DL__PK(5) DL__PK(6) DL__PK(7) DL__PK(8)
+#undef DL__PK
+            default: break;
+            }
+        }
+    }
+}
+
 /* ---- Q4_K / Q6_K ---- */
 
 static void q4k_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8])
@@ -867,7 +973,9 @@ static int matmul512(const dl__mm *m, int64_t r0, int64_t r1)
     case DL_TYPE_Q4_0:
         if (!m->xq)
             return -1;
-        if (m->n_tok >= STRIPE_MIN_TOK)
+        if (m->w->packed)
+            matmul_q_packed(m, r0, r1, m->w->type == DL_TYPE_Q8_0);
+        else if (m->n_tok >= STRIPE_MIN_TOK)
             matmul_q_stripe(m, r0, r1, m->w->type == DL_TYPE_Q8_0);
         else
             matmul_q_stream(m, r0, r1, m->w->type == DL_TYPE_Q8_0);

@@ -21,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "attention.h"
 #include "kernels.h"
@@ -65,8 +67,9 @@ struct dl_model {
     const float *output_norm;  /* [n_embd] */
     weight output;             /* [n_vocab x n_embd]; the embedding when tied */
     const float *rope_freqs;   /* [head_dim/2] Llama-3 frequency factors, or NULL */
-    float **owned;             /* norm vectors converted to f32 at load */
+    void **owned;              /* allocated at load: f32 norm vectors, repacked weights */
     int n_owned;
+    size_t packed_bytes;       /* of which repacked weights (kernels.h dl_weight_prepare) */
     char *chat_template;
     size_t weight_bytes;
 };
@@ -300,6 +303,17 @@ static int bind_weight(dl_model *m, const char *name, int64_t cols, int64_t rows
     return 0;
 }
 
+/* Keep p to be freed with the model. */
+static int own(dl_model *m, void *p)
+{
+    void **grown = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *grown);
+    if (!grown)
+        return -ENOMEM;
+    m->owned = grown;
+    m->owned[m->n_owned++] = p;
+    return 0;
+}
+
 /* Bind a vector (norm weights, rope factors) as f32, converting when stored otherwise. */
 static int bind_vector(dl_model *m, const char *name, int64_t n, int optional,
                        const float **out, char *err, size_t errlen)
@@ -329,16 +343,11 @@ static int bind_vector(dl_model *m, const char *name, int64_t n, int optional,
         return -ENOTSUP;
     }
     float *f = malloc((size_t)n * sizeof *f);
-    float **grown = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *grown);
-    if (!f || !grown) {
+    if (!f || own(m, f)) {
         free(f);
-        if (grown)
-            m->owned = grown;
         set_err(err, errlen, "model: out of memory");
         return -ENOMEM;
     }
-    m->owned = grown;
-    m->owned[m->n_owned++] = f;
     dl_dequantize_row(t->type, t->data, f, n);
     *out = f;
     return 0;
@@ -373,6 +382,47 @@ static int bind_layer(dl_model *m, int il, char *err, size_t errlen)
     return 0;
 }
 
+/* Let the kernels lay out each matmul weight once for their fastest path (kernels.h). The
+ * output head is prepared as its own copy, so a tied embedding keeps its rows for lookups. */
+static int prepare_one(dl_model *m, weight *mw, int release, char *err, size_t errlen)
+{
+    void *packed = NULL;
+    int rc = dl_weight_prepare(&mw->w, &packed, err, errlen);
+    if (rc || !packed)
+        return rc;
+    if (own(m, packed)) {
+        free(packed);
+        set_err(err, errlen, "model: out of memory");
+        return -ENOMEM;
+    }
+    m->packed_bytes += dl_weight_prepared_bytes(&mw->w);
+    /* Reading the original to repack it made its pages resident; matmuls no longer read
+     * them, so give them back (a read-only file mapping: they fault in again from the file
+     * if a scalar path ever reads them). */
+    if (release) {
+        uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t lo = ((uintptr_t)mw->w.data + pg - 1) & ~(pg - 1);
+        uintptr_t hi = ((uintptr_t)mw->w.data + (uintptr_t)(mw->w.row_bytes * mw->w.rows)) &
+                       ~(pg - 1);
+        if (hi > lo)
+            madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    }
+    return 0;
+}
+
+static int prepare_weights(dl_model *m, char *err, size_t errlen)
+{
+    /* a tied output head is the embedding, whose rows lookups still read */
+    int rc = prepare_one(m, &m->output, !m->hp.tied_output, err, errlen);
+    for (int il = 0; il < m->hp.n_layer && !rc; il++) {
+        layer *L = &m->layers[il];
+        weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0] && !rc; i++)
+            rc = prepare_one(m, ws[i], 1, err, errlen);
+    }
+    return rc;
+}
+
 static int bind_weights(dl_model *m, char *err, size_t errlen)
 {
     dl_hparams *hp = &m->hp;
@@ -402,6 +452,8 @@ static int bind_weights(dl_model *m, char *err, size_t errlen)
     hp->tied_output = m->output.w.data == NULL;
     if (hp->tied_output)
         m->output = m->tok_embd;
+    if ((rc = prepare_weights(m, err, errlen)))
+        return rc;
     hp->weight_type = m->layers[0].w_gate.w.type;
     hp->n_params = 0;
     for (int64_t i = 0; i < dl_gguf_n_tensors(m->gguf); i++) {
@@ -464,6 +516,7 @@ const dl_hparams *dl_model_hparams(const dl_model *m) { return &m->hp; }
 const dl_tokenizer *dl_model_tokenizer(const dl_model *m) { return m->tok; }
 const dl_gguf *dl_model_gguf(const dl_model *m) { return m->gguf; }
 size_t dl_model_weight_bytes(const dl_model *m) { return m->weight_bytes; }
+size_t dl_model_packed_bytes(const dl_model *m) { return m->packed_bytes; }
 const char *dl_model_chat_template(const dl_model *m) { return m->chat_template; }
 
 size_t dl_model_kv_bytes_per_token(const dl_model *m)

@@ -52,6 +52,9 @@ const dl_hparams *dl_model_hparams(const dl_model *m);
 const dl_tokenizer *dl_model_tokenizer(const dl_model *m);
 const dl_gguf *dl_model_gguf(const dl_model *m);
 size_t dl_model_weight_bytes(const dl_model *m);   /* bytes of tensor data mapped */
+/* Bytes of weights the kernels repacked at load for their fast path (kernels.h
+ * dl_weight_prepare); the mapped originals of those are then not read by matmuls. */
+size_t dl_model_packed_bytes(const dl_model *m);
 const char *dl_model_chat_template(const dl_model *m); /* NUL-terminated copy, or NULL */
 /* Bytes one token of context costs in a dense fp16 K+V cache. */
 size_t dl_model_kv_bytes_per_token(const dl_model *m);

@@ -91,11 +91,29 @@ static void act_dequant(uint32_t type, const float *x, int64_t cols, float *xd, 
     free(q);
 }
 
-static void check_matmul(enum dl_isa isa, dl_pool *pool, uint32_t type, int64_t rows,
-                         int64_t cols, int n_tok)
+/* prepare: run dl_weight_prepare (under AVX-512 when the CPU has it) first. Where that
+ * repacks, the path that reads the copy gets a `data` of garbage: it must not look. */
+static void check_matmul_p(enum dl_isa isa, dl_pool *pool, uint32_t type, int64_t rows,
+                           int64_t cols, int n_tok, int prepare)
 {
     tw t;
     tw_make(&t, type, rows, cols);
+    void *owned = NULL, *garbage = NULL;
+    if (prepare) {
+        char err[128];
+        dl_isa_force(DL_ISA_AVX512);
+        ck_assert_int_eq(dl_weight_prepare(&t.w, &owned, err, sizeof err), 0);
+        int expect = dl_isa_active() == DL_ISA_AVX512 && (type == DL_TYPE_Q4_0 || type == DL_TYPE_Q8_0);
+        ck_assert_int_eq(owned != NULL, expect);
+        ck_assert_ptr_eq(t.w.packed, owned);
+        ck_assert_ptr_eq(t.w.data, t.data);
+        if (owned && isa == DL_ISA_AVX512) {
+            garbage = malloc(t.w.row_bytes * (size_t)rows);
+            ck_assert_ptr_nonnull(garbage);
+            memset(garbage, 0x7b, t.w.row_bytes * (size_t)rows);
+            t.w.data = garbage;
+        }
+    }
     float *x = malloc(sizeof(float) * (size_t)(n_tok * cols));
     float *y = malloc(sizeof(float) * (size_t)(n_tok * rows));
     float *xd = malloc(sizeof(float) * (size_t)cols);
@@ -152,7 +170,15 @@ static void check_matmul(enum dl_isa isa, dl_pool *pool, uint32_t type, int64_t 
     free(xd);
     free(step);
     free(scratch);
+    free(owned);
+    free(garbage);
     tw_free(&t);
+}
+
+static void check_matmul(enum dl_isa isa, dl_pool *pool, uint32_t type, int64_t rows,
+                         int64_t cols, int n_tok)
+{
+    check_matmul_p(isa, pool, type, rows, cols, n_tok, 0);
 }
 
 /* every token count a batch of decoding sequences can bring, through each SIMD tile
@@ -214,6 +240,74 @@ START_TEST(test_matmul_many_tokens)
     }
     dl_pool_free(pool);
     dl_isa_force(DL_ISA_AVX512);
+}
+END_TEST
+
+/* Weights repacked at load: every token count (one tile of 8 and each remainder, the old
+ * 17-token stripe threshold, 64), odd row counts, every path (the non-AVX-512 ones read the
+ * original, the AVX-512 one only the copy). */
+START_TEST(test_matmul_prepared)
+{
+    static const int64_t cols[] = {32, 96, 1056};
+    static const int64_t rows[] = {1, 17, 35};
+    static const uint32_t types[] = {DL_TYPE_Q8_0, DL_TYPE_Q4_0};
+    dl_pool *pool = dl_pool_create(3);
+    ck_assert_ptr_nonnull(pool);
+    for (int ty = 0; ty < 2; ty++) {
+        rng_state = 777 + types[ty];
+        for (int isa = 0; isa <= (int)dl_isa_detect(); isa++)
+            for (int c = 0; c < 3; c++)
+                for (int r = 0; r < 3; r++) {
+                    for (size_t k = 0; k < sizeof n_toks / sizeof n_toks[0]; k++)
+                        check_matmul_p((enum dl_isa)isa, pool, types[ty], rows[r], cols[c], n_toks[k], 1);
+                    check_matmul_p((enum dl_isa)isa, pool, types[ty], rows[r], cols[c], 64, 1);
+                }
+    }
+    /* a thread count that splits the row tiles unevenly, with a larger shape */
+    dl_pool *pool2 = dl_pool_create(2);
+    ck_assert_ptr_nonnull(pool2);
+    check_matmul_p(DL_ISA_AVX512, pool2, DL_TYPE_Q4_0, 83, 2048, 9, 1);
+    check_matmul_p(DL_ISA_AVX512, pool2, DL_TYPE_Q8_0, 83, 2048, 9, 1);
+    dl_pool_free(pool2);
+    dl_pool_free(pool);
+    dl_isa_force(DL_ISA_AVX512);
+}
+END_TEST
+
+/* Types and ISAs without a packed layout are left as they are; F32 (the golden test's
+ * weights) in particular is never repacked. */
+START_TEST(test_prepare_leaves_others)
+{
+    static const uint32_t types[] = {DL_TYPE_F32, DL_TYPE_F16, DL_TYPE_Q4_K, DL_TYPE_Q6_K};
+    for (int i = 0; i < 4; i++) {
+        tw t;
+        tw_make(&t, types[i], 5, 256);
+        dl_weight before = t.w;
+        void *owned = (void *)&t;
+        dl_isa_force(DL_ISA_AVX512);
+        ck_assert_int_eq(dl_weight_prepare(&t.w, &owned, NULL, 0), 0);
+        ck_assert_ptr_null(owned);
+        ck_assert_ptr_null(t.w.packed);
+        ck_assert(memcmp(&before, &t.w, sizeof before) == 0);
+        ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 0);
+        tw_free(&t);
+    }
+    tw t;
+    tw_make(&t, DL_TYPE_Q4_0, 17, 64);
+    void *owned = NULL;
+    dl_isa_force(DL_ISA_AVX2);
+    ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 0);
+    ck_assert_int_eq(dl_weight_prepare(&t.w, &owned, NULL, 0), 0);
+    ck_assert_ptr_null(owned);
+    dl_isa_force(DL_ISA_AVX512);
+    if (dl_isa_active() == DL_ISA_AVX512) {
+        /* two 16-row groups of 2 blocks: 64 bytes of scales + 2 x 256 of quants each */
+        ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 2 * (64 + 512));
+        ck_assert_int_eq(dl_weight_prepare(&t.w, &owned, NULL, 0), 0);
+        ck_assert_ptr_nonnull(owned);
+    }
+    free(owned);
+    tw_free(&t);
 }
 END_TEST
 
@@ -432,6 +526,8 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_matmul_k_quants);
     tcase_add_test(tc, test_matmul_many_tokens);
     tcase_add_test(tc, test_matmul_no_scratch);
+    tcase_add_test(tc, test_matmul_prepared);
+    tcase_add_test(tc, test_prepare_leaves_others);
     tcase_add_test(tc, test_vector_kernels);
     tcase_add_test(tc, test_scalar_matches_llama2c);
     tcase_add_test(tc, test_rope);

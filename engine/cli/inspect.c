@@ -108,6 +108,8 @@ int dl_cmd_inspect(int argc, char **argv)
     printf("  %-26s %s\n", "tokenizer", dl_tokenizer_model(dl_model_tokenizer(m)));
     printf("  %-26s %.3f M\n", "parameters", hp->n_params / 1e6);
     print_bytes("  weights (mapped)", (double)dl_model_weight_bytes(m));
+    if (dl_model_packed_bytes(m))
+        print_bytes("  of which repacked at load", (double)dl_model_packed_bytes(m));
     size_t per_tok = dl_model_kv_bytes_per_token(m);
     int ctx = hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
     printf("  %-26s %zu bytes per token\n", "dense fp16 K+V cache", per_tok);
