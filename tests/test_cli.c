@@ -134,7 +134,7 @@ static double json_num(const char *js, const char *key)
     return strtod(p + strlen(pat), NULL);
 }
 
-/* With theta = 0 every key is stored exactly, so delta attention is dense attention. */
+/* With theta = 0 every change is stored, so delta attention is dense attention. */
 START_TEST(eval_theta_zero_is_dense)
 {
     char cmd[4096];
@@ -147,8 +147,11 @@ START_TEST(eval_theta_zero_is_dense)
     ck_assert_msg(st == 0, "%s", out);
     double pd = json_num(out, "ppl_dense"), pq = json_num(out, "ppl_delta");
     ck_assert_msg(pd > 1 && pd < 100, "ppl %g", pd);
-    ck_assert_msg(fabs(pq / pd - 1) < 1e-4, "dense %g delta %g", pd, pq);
+    /* Dense keeps fp16(k); delta rebuilds k-hat from fp16-rounded deltas over an fp32
+     * reference, so the two agree to fp16 rounding (measured: 1e-4 relative, KL 1.4e-6). */
+    ck_assert_msg(fabs(pq / pd - 1) < 1e-3, "dense %g delta %g", pd, pq);
     ck_assert(json_num(out, "kl_mean") < 1e-5);
+    ck_assert(json_num(out, "ctx") == 64);
     ck_assert(json_num(out, "top1_agreement") == 1.0);
     ck_assert(json_num(out, "element_sparsity") < 0.05);
     free(out);

@@ -690,10 +690,6 @@ static int parse(eval_opts *o, int argc, char **argv)
                 return 2;
             }
             o->task = val;
-        } else if (!strcmp(a, "--ctx")) {
-            if (dl_cli_int(a, val, 8, 1 << 16, &l))
-                return 2;
-            o->ctx = (int)l;
         } else if (!strcmp(a, "--stride")) {
             if (dl_cli_int(a, val, 1, 1 << 16, &l))
                 return 2;
@@ -727,6 +723,12 @@ static int parse(eval_opts *o, int argc, char **argv)
     }
     if (!o->run.model || !o->file) {
         fprintf(stderr, "deltallm eval: -m MODEL and -f FILE are required\n");
+        return 2;
+    }
+    if (o->run.ctx) /* -c/--ctx is parsed with the shared run options */
+        o->ctx = o->run.ctx;
+    if (o->ctx < 8) {
+        fprintf(stderr, "deltallm eval: --ctx must be at least 8\n");
         return 2;
     }
     if (!o->stride)
