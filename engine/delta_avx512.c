@@ -514,8 +514,270 @@ static void softmax_pv_avx512(const dl__dunit *u)
     }
 }
 
+
+/* ---------------------------------------------------------------- fused decode */
+
+/* Decode units, fused like attention.c's dense kernel (attn_avx512.c): keys in blocks of
+ * DL__GBK, each block's keys made fp32 once into kx and reused from L1 by every row, an
+ * online softmax (running max and sum, acc rescaled when the max grows) and P.V straight
+ * from the fp16 V rows, so no score matrix as long as the context is written or re-read.
+ * Delta-scored keys are the running reconstruction k̂_t = Σ_{τ<=t} Δk_τ, kept in registers
+ * and advanced by each packed row (vcvtph2ps + vexpandps under the mask, one add per 16
+ * lanes); its score is then q.k̂_t = R_t, with k̂ summed in the encoder's own order, so it
+ * is bit-identical to the encoder's reference. In decode a delta row cannot cost fewer
+ * vector multiply-adds than a dense one (d / 16 per row whether the row holds 1 or 16
+ * values; iterating the set bits costs more instructions at these densities): the saving
+ * is the K bytes streamed (DELTALLM.md section 7), and the reconstruction (about 6
+ * instructions per 16 lanes) is what it costs over dense. Tried and dropped: expanding
+ * two chunks at once as 16-bit words (VBMI2 vpexpandw) — 25% slower decode on the Zen 4
+ * this was measured on (472 -> 600 us per layer at 4096). */
+
+#define DL__GBK 32    /* keys per block */
+#define DL__GDMAX 256 /* largest head dim (kx is DL__GBK x DL__GDMAX floats on the stack) */
+
+static inline __mmask16 first_n(int n)
+{
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+/* Sum of each of four vectors, as the four lanes of an xmm. */
+DL__AI __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
+{
+    __m512 x01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
+    __m512 x23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
+    __m512 y = _mm512_add_ps(_mm512_shuffle_f32x4(x01, x23, 0x88), _mm512_shuffle_f32x4(x01, x23, 0xDD));
+    y = _mm512_add_ps(y, _mm512_permute_ps(y, 0x4E));
+    y = _mm512_add_ps(y, _mm512_permute_ps(y, 0xB1));
+    return _mm512_castps512_ps128(
+        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), y));
+}
+
+/* s[i][j] = q[i] . kx[j] for four rows and keys 0..nb-1 of the block; NV (d / 16) is a
+ * compile-time count up to 4, so the four queries stay in registers. */
+DL__AI void gscores4(const float *const *q, const float *kx, int d, int nb,
+                     float s[4][DL__GBK], const int NV)
+{
+    float t4[DL__GBK][4] __attribute__((aligned(16)));
+    __m512 qr[4][4];
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        #pragma GCC unroll 4
+        for (int c = 0; c < NV; c++)
+            qr[i][c] = _mm512_loadu_ps(q[i] + 16 * c);
+    for (int j = 0; j < nb; j++) {
+        const float *x = kx + (size_t)j * d;
+        __m512 a[4];
+        __m512 k = _mm512_load_ps(x);
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            a[i] = _mm512_mul_ps(qr[i][0], k);
+        #pragma GCC unroll 4
+        for (int c = 1; c < NV; c++) {
+            k = _mm512_load_ps(x + 16 * c);
+            #pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                a[i] = _mm512_fmadd_ps(qr[i][c], k, a[i]);
+        }
+        _mm_store_ps(t4[j], hsum4(a[0], a[1], a[2], a[3]));
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < nb; j++)
+            s[i][j] = t4[j][i];
+}
+
+/* The same for any d (multiple of 16). */
+static void gscores4_any(const float *const *q, const float *kx, int d, int nb,
+                         float s[4][DL__GBK])
+{
+    float t4[DL__GBK][4] __attribute__((aligned(16)));
+    for (int j = 0; j < nb; j++) {
+        const float *x = kx + (size_t)j * d;
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        for (int c = 0; c < d; c += 16) {
+            __m512 k = _mm512_load_ps(x + c);
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(q[0] + c), k, a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(q[1] + c), k, a1);
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q[2] + c), k, a2);
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q[3] + c), k, a3);
+        }
+        _mm_store_ps(t4[j], hsum4(a0, a1, a2, a3));
+    }
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < nb; j++)
+            s[i][j] = t4[j][i];
+}
+
+/* acc[i] = acc[i] * corr[i] + Σ_j p[i][j] V[j] for four rows, NVD 16-lane chunks from c0;
+ * each V chunk is widened once for the four rows. */
+DL__AI void gpv4(float *const *acc, const float *corr, float p[4][DL__GBK], const dl_fp16 *vb,
+                 int d, int nb, int c0, const int NVD)
+{
+    __m512 a[4][4];
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        __m512 vc = _mm512_set1_ps(corr[i]);
+        #pragma GCC unroll 4
+        for (int c = 0; c < NVD; c++)
+            a[i][c] = _mm512_mul_ps(_mm512_loadu_ps(acc[i] + c0 + 16 * c), vc);
+    }
+    const dl_fp16 *vt = vb + c0;
+    for (int j = 0; j < nb; j++, vt += d) {
+        __m512 v[4];
+        #pragma GCC unroll 4
+        for (int c = 0; c < NVD; c++)
+            v[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vt + 16 * c)));
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            __m512 pr = _mm512_set1_ps(p[i][j]);
+            #pragma GCC unroll 4
+            for (int c = 0; c < NVD; c++)
+                a[i][c] = _mm512_fmadd_ps(pr, v[c], a[i][c]);
+        }
+    }
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        #pragma GCC unroll 4
+        for (int c = 0; c < NVD; c++)
+            _mm512_storeu_ps(acc[i] + c0 + 16 * c, a[i][c]);
+}
+
+static void gpv(float *const *acc, const float *corr, float p[4][DL__GBK], const dl_fp16 *vb,
+                int d, int nb)
+{
+    int c0 = 0;
+    for (; c0 + 64 <= d; c0 += 64)
+        gpv4(acc, corr, p, vb, d, nb, c0, 4);
+    switch ((d - c0) / 16) {
+    case 3: gpv4(acc, corr, p, vb, d, nb, c0, 3); break;
+    case 2: gpv4(acc, corr, p, vb, d, nb, c0, 2); break;
+    case 1: gpv4(acc, corr, p, vb, d, nb, c0, 1); break;
+    default: break;
+    }
+}
+
+/* Keys t0 .. t0+nb-1 as fp32 rows of kx: k̂ (kept in kh, NV vectors, advanced through
+ * every position < lo) for sink <= t < lo, the exact key otherwise. */
+DL__AI void gkeys(const dl__dkeys *k, int t0, int nb, int lo, int dense, __m512 *kh,
+                  float *kx, const dl_fp16 **vtp, const int NV)
+{
+    int d = k->d;
+    __m512 r[DL__GDMAX / 16];
+    for (int c = 0; c < DL__GDMAX / 16; c++) /* all: keeps -Wmaybe-uninitialized quiet */
+        r[c] = kh[c];
+    const dl_fp16 *vt = *vtp;
+    for (int j = 0; j < nb; j++) {
+        int t = t0 + j;
+        float *x = kx + (size_t)j * d;
+        if (t < lo) { /* advance k̂ through position t's packed row */
+            const uint8_t *m = k->h->mask + (size_t)t * k->mb;
+            #pragma GCC unroll 16
+            for (int c = 0; c < NV; c++) {
+                unsigned bits = (unsigned)m[2 * c] | (unsigned)m[2 * c + 1] << 8;
+                r[c] = _mm512_add_ps(r[c], _mm512_maskz_expand_ps(
+                    (__mmask16)bits, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vt))));
+                vt += __builtin_popcount(bits);
+            }
+            if (t >= k->sink) {
+                #pragma GCC unroll 16
+                for (int c = 0; c < NV; c++)
+                    _mm512_store_ps(x + 16 * c, r[c]);
+                continue;
+            }
+        }
+        if (dense) {
+            const dl_fp16 *kd = k->kdense + (size_t)t * d;
+            #pragma GCC unroll 16
+            for (int c = 0; c < NV; c++)
+                _mm512_store_ps(x + 16 * c, _mm512_cvtph_ps(
+                                                _mm256_loadu_si256((const __m256i *)(kd + 16 * c))));
+        } else {
+            const dl_fp16 *h16 = NULL;
+            const float *key = dl__exact_src(k, t, &h16);
+            #pragma GCC unroll 16
+            for (int c = 0; c < NV; c++)
+                _mm512_store_ps(x + 16 * c,
+                                key ? _mm512_loadu_ps(key + 16 * c)
+                                    : _mm512_cvtph_ps(_mm256_loadu_si256(
+                                          (const __m256i *)(h16 + 16 * c))));
+        }
+    }
+    #pragma GCC unroll 16
+    for (int c = 0; c < NV; c++)
+        kh[c] = r[c];
+    *vtp = vt;
+}
+
+static void attend_group_avx512(const dl__dunit *u, int dense)
+{
+    const dl__dkeys *k = u->k;
+    int d = k->d, nv = d / 16, rows = u->rows, tend = u->hi[0], n4 = (rows + 3) & ~3;
+    int lo = dense ? 0 : u->lo[0]; /* keys sink <= t < lo from k̂; lo == 0: all exact */
+    float kx[DL__GBK * DL__GDMAX] __attribute__((aligned(64)));
+    float s[4][DL__GBK] __attribute__((aligned(64)));
+    float mx[DL__GROUP_ROWS], sum[DL__GROUP_ROWS];
+    const float *q[DL__GROUP_ROWS];
+    float *acc[DL__GROUP_ROWS];
+    __m512 kh[DL__GDMAX / 16];
+    const dl_fp16 *vt = k->h->val;
+    for (int c = 0; c < DL__GDMAX / 16; c++)
+        kh[c] = _mm512_setzero_ps();
+    /* padding rows repeat row 0 into spare accumulators (acc has rs >= 16 rows) */
+    for (int r = 0; r < n4; r++) {
+        q[r] = u->Q + (size_t)(r < rows ? r : 0) * d;
+        acc[r] = u->acc + (size_t)r * d;
+        for (int e = 0; e < d; e += 16)
+            _mm512_storeu_ps(acc[r] + e, _mm512_setzero_ps());
+        mx[r] = -INFINITY;
+        sum[r] = 0.0f;
+    }
+    for (int t0 = 0; t0 <= tend; t0 += DL__GBK) {
+        int nb = tend + 1 - t0 < DL__GBK ? tend + 1 - t0 : DL__GBK;
+        switch (nv) { /* the k̂ registers need a compile-time count */
+        case 1: gkeys(k, t0, nb, lo, dense, kh, kx, &vt, 1); break;
+        case 2: gkeys(k, t0, nb, lo, dense, kh, kx, &vt, 2); break;
+        case 3: gkeys(k, t0, nb, lo, dense, kh, kx, &vt, 3); break;
+        case 4: gkeys(k, t0, nb, lo, dense, kh, kx, &vt, 4); break;
+        default: gkeys(k, t0, nb, lo, dense, kh, kx, &vt, nv); break;
+        }
+        const dl_fp16 *vb = k->h->v + (size_t)t0 * d;
+        __mmask16 k0 = first_n(nb), k1 = first_n(nb - 16);
+        for (int g = 0; g < n4; g += 4) {
+            switch (nv) {
+            case 1: gscores4(q + g, kx, d, nb, s, 1); break;
+            case 2: gscores4(q + g, kx, d, nb, s, 2); break;
+            case 3: gscores4(q + g, kx, d, nb, s, 3); break;
+            case 4: gscores4(q + g, kx, d, nb, s, 4); break;
+            default: gscores4_any(q + g, kx, d, nb, s); break;
+            }
+            float corr[4];
+            for (int i = 0; i < 4; i++) {
+                int r = g + i;
+                __m512 m0 = _mm512_mask_load_ps(_mm512_set1_ps(-INFINITY), k0, s[i]);
+                __m512 m1 = _mm512_mask_load_ps(_mm512_set1_ps(-INFINITY), k1, s[i] + 16);
+                float bm = _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+                float nm = bm > mx[r] ? bm : mx[r];
+                corr[i] = expf(mx[r] - nm); /* 0 on the first block (mx = -inf) */
+                __m512 vm = _mm512_set1_ps(nm);
+                __m512 p0 = exp_neg(_mm512_sub_ps(m0, vm)), p1 = exp_neg(_mm512_sub_ps(m1, vm));
+                _mm512_store_ps(s[i], p0);
+                _mm512_store_ps(s[i] + 16, p1);
+                sum[r] = sum[r] * corr[i] + _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
+                mx[r] = nm;
+            }
+            gpv(acc + g, corr, s, vb, d, nb);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
+        for (int e = 0; e < d; e += 16)
+            _mm512_storeu_ps(acc[r] + e, _mm512_mul_ps(_mm512_loadu_ps(acc[r] + e), inv));
+    }
+}
+
 const dl__dops dl__dops_avx512 = {
     .scores = scores_avx512,
     .scores_dense = scores_dense_avx512,
     .softmax_pv = softmax_pv_avx512,
+    .attend_group = attend_group_avx512,
 };

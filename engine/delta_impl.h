@@ -79,7 +79,13 @@ typedef struct dl__dops {
     void (*scores)(const dl__dunit *u);
     void (*scores_dense)(const dl__dunit *u); /* every key exact, from k->kdense */
     void (*softmax_pv)(const dl__dunit *u);
+    /* Decode units (every row has the same lo and hi, rows <= DL__GROUP_ROWS, d <= 256),
+     * fused: scores, online softmax and P.V in blocks of keys, acc normalised; st, r and
+     * aux are not used. dense as for scores_dense. NULL: not available for this ISA. */
+    void (*attend_group)(const dl__dunit *u, int dense);
 } dl__dops;
+
+#define DL__GROUP_ROWS 16
 
 extern const dl__dops dl__dops_scalar;
 extern const dl__dops dl__dops_avx2;

@@ -371,6 +371,43 @@ START_TEST(test_oracle_modes)
 END_TEST
 
 /* theta = 0 equals plain dense attention (up to the fp16 rounding of stored deltas). */
+/* Decode shapes for the fused AVX-512 decode kernel (and the other ISAs' paths): head
+ * dims with 1..6 chunks of 16 (the unrolled 1..4 and the generic code), groups that are
+ * not a multiple of 4 rows, 16 rows (the largest fused) and 17 (the split kernels), sink
+ * and window sizes that put the delta/exact boundary anywhere in a 32-key block, and
+ * decode depths that cross block boundaries (37 + 45 steps -> keys 37 .. 81). */
+START_TEST(test_decode_shapes)
+{
+    static const int dims[] = { 16, 48, 64, 80, 96 };
+    static const int groups[] = { 1, 3, 4, 16, 17 };
+    for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
+        if (!isa_available(isas[ii]))
+            continue;
+        dl_isa_force(isas[ii]);
+        for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++)
+            for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++) {
+                prob p;
+                prob_make(&p, 1, 2, groups[gi], dims[di], 82, 0.15f, 100 + di * 7 + gi);
+                for (int cfg = 0; cfg < 3; cfg++) {
+                    dl_delta_params dp;
+                    dl_delta_params_default(&dp);
+                    dp.theta = 0.2f;
+                    dp.window = cfg == 0 ? 1 : cfg == 1 ? 7 : 40;
+                    dp.sink = cfg == 1 ? 3 : cfg == 2 ? 33 : 0;
+                    int chunks[1 + 45] = { 37 };
+                    for (int i = 1; i <= 45; i++)
+                        chunks[i] = 1;
+                    double e = run_case(&p, &dp, chunks, 46, 1, 0, NULL);
+                    ck_assert_msg(e < 2e-4, "isa %d d %d G %d cfg %d: err %g", isas[ii],
+                                  dims[di], groups[gi], cfg, e);
+                }
+                prob_free(&p);
+            }
+    }
+    dl_isa_force(dl_isa_detect());
+}
+END_TEST
+
 START_TEST(test_theta_zero_dense)
 {
     for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
@@ -579,6 +616,7 @@ static Suite *delta_suite(void)
     tcase_add_test(tc, test_stats_arith);
     tcase_add_test(tc, test_oracle_sliding);
     tcase_add_test(tc, test_oracle_modes);
+    tcase_add_test(tc, test_decode_shapes);
     tcase_add_test(tc, test_theta_zero_dense);
     tcase_add_test(tc, test_closed_loop);
     tcase_add_test(tc, test_truncate);
