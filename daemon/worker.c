@@ -434,6 +434,13 @@ static entry *pick_entry(dl_sched *s, const dl_job *j, int ci, int need, int *wa
     }
     if (echo_lp(j))
         return NULL;
+    /* A DeltaLLM sequence's state depends on its history (deltas against a running
+     * reference, per-channel query statistics), so a truncated cached sequence does not
+     * reproduce a fresh run of the same prefix. Anonymous requests must give the same
+     * output whether or not a cache entry exists: they reuse prefixes only when dense.
+     * Named sessions continue their own state by design. */
+    if (j->req.delta.enabled)
+        return NULL;
     entry *best = NULL;
     int best_n = 0;
     for (entry *e = s->entries; e; e = e->next) {

@@ -767,16 +767,33 @@ START_TEST(sessions)
     double hits0 = metric(main_d.port, "deltallm_prefix_cache_hits_total");
     r = http("POST", "/v1/completions", b1 /* session gone: fresh */);
     resp_free(&r);
-    r = http("POST", "/v1/completions",
-             "{\"prompt\":\"Once upon a time there was a big red ball\",\"max_tokens\":2}");
+    const char *dense = "{\"prompt\":\"Once upon a time there was a big red ball\","
+                        "\"max_tokens\":2,\"delta\":{\"enabled\":false}}";
+    r = http("POST", "/v1/completions", dense);
     resp_free(&r);
-    r = http("POST", "/v1/completions",
-             "{\"prompt\":\"Once upon a time there was a big red ball\",\"max_tokens\":2}");
+    r = http("POST", "/v1/completions", dense);
     j = parse_ok(&r);
     ck_assert_int_gt(usage(j, "cached_tokens"), 0);
     cJSON_Delete(j);
     resp_free(&r);
     ck_assert(metric(main_d.port, "deltallm_prefix_cache_hits_total") > hits0);
+    /* DeltaLLM requests without a session never reuse a cached prefix: a truncated delta
+     * cache would not reproduce a fresh run, and the same request must give the same text */
+    const char *delta = "{\"prompt\":\"Once upon a time there was a big red ball\","
+                        "\"max_tokens\":8,\"temperature\":0,\"delta\":{\"enabled\":true}}";
+    r = http("POST", "/v1/completions", delta);
+    cJSON *j1 = parse_ok(&r);
+    resp_free(&r);
+    r = http("POST", "/v1/completions", delta);
+    j = parse_ok(&r);
+    ck_assert_int_eq(usage(j, "cached_tokens"), 0);
+    ck_assert_str_eq(cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j, "choices"), 0),
+                                         "text")->valuestring,
+                     cJSON_GetObjectItem(cJSON_GetArrayItem(cJSON_GetObjectItem(j1, "choices"), 0),
+                                         "text")->valuestring);
+    cJSON_Delete(j);
+    cJSON_Delete(j1);
+    resp_free(&r);
 }
 END_TEST
 

@@ -250,8 +250,10 @@ static char *cli_generate(const char *prompt)
     char cli[4096], n[16];
     snprintf(cli, sizeof cli, "%s/deltallm", build_dir());
     snprintf(n, sizeof n, "%d", NTOK);
+    /* the daemon runs DeltaLLM with the library's default knobs unless told otherwise; the
+     * CLI is dense unless given --delta, which selects the same defaults */
     const char *argv[] = {cli, "generate", "-m", model_path(), "-p", prompt, "-n", n,
-                          "--temp", "0", "-q", NULL};
+                          "--temp", "0", "-q", "--delta", NULL};
     char *out;
     int st = run_capture(argv, NULL, &out);
     ck_assert_msg(st == 0 && out, "%s generate failed (%d)", cli, st);
