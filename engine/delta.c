@@ -134,8 +134,12 @@ double dl__delta_oracle_err(void) { return g_oracle_err; }
 void dl_delta_params_default(dl_delta_params *p)
 {
     p->enabled = 1;
-    p->theta = 0.6f;           /* research code default */
-    p->sparsity_target = -1.0f; /* off: use theta */
+    /* A target rather than an absolute theta: key scales differ per model and layer. 0.5
+     * with window 32 gave the most attention sparsity within +1% perplexity in the
+     * stories260K sweep (README); theta 0.6 is the research code's value, used when a
+     * caller sets sparsity_target < 0. */
+    p->theta = 0.6f;
+    p->sparsity_target = 0.5f;
     p->window = 32;
     p->sink = 0;
     p->stages = DL_STAGE_BOTH;

@@ -294,6 +294,7 @@ START_TEST(test_oracle_sliding)
                 for (size_t si = 0; si < 3; si++) {
                     dl_delta_params dp;
                     dl_delta_params_default(&dp);
+                    dp.sparsity_target = -1; /* these tests give theta */
                     dp.theta = 0.2f;
                     dp.window = windows[wi];
                     dp.sink = sinks[si];
@@ -323,6 +324,7 @@ START_TEST(test_oracle_modes)
         prob_make(&p, 1, 2, 2, 64, 150, 0.1f, 7);
         dl_delta_params dp;
         dl_delta_params_default(&dp);
+        dp.sparsity_target = -1; /* these tests give theta */
         dp.theta = 0.15f;
         dp.window = 8;
         dp.sink = 2;
@@ -358,6 +360,7 @@ START_TEST(test_oracle_modes)
         /* head dim not a multiple of 16 (scalar kernels whatever the ISA), G = 3 */
         prob_make(&p, 1, 1, 3, 8, 40, 0.1f, 9);
         dl_delta_params_default(&dp);
+        dp.sparsity_target = -1; /* these tests give theta */
         dp.theta = 0.1f;
         dp.window = 4;
         int c3[] = { 30, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 };
@@ -391,6 +394,7 @@ START_TEST(test_decode_shapes)
                 for (int cfg = 0; cfg < 3; cfg++) {
                     dl_delta_params dp;
                     dl_delta_params_default(&dp);
+                    dp.sparsity_target = -1; /* these tests give theta */
                     dp.theta = 0.2f;
                     dp.window = cfg == 0 ? 1 : cfg == 1 ? 7 : 40;
                     dp.sink = cfg == 1 ? 3 : cfg == 2 ? 33 : 0;
@@ -418,6 +422,7 @@ START_TEST(test_theta_zero_dense)
         prob_make(&p, 1, 2, 4, 16, 70, 0.2f, 3);
         dl_delta_params dp;
         dl_delta_params_default(&dp);
+        dp.sparsity_target = -1; /* these tests give theta */
         dp.theta = 0;
         dp.window = 2;
         int chunks[] = { 60, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1 };
@@ -451,6 +456,7 @@ START_TEST(test_closed_loop)
     prob_make(&p, 1, n_kv, G, d, 150, 0.2f, 5);
     dl_delta_params dp;
     dl_delta_params_default(&dp);
+    dp.sparsity_target = -1; /* these tests give theta */
     dp.theta = 0.25f;
     dp.window = 4;
     char err[128];
@@ -512,6 +518,7 @@ START_TEST(test_truncate)
     prob_make(&alt, L, n_kv, G, d, 120, 0.1f, 22);
     dl_delta_params dp;
     dl_delta_params_default(&dp);
+    dp.sparsity_target = -1; /* these tests give theta */
     dp.theta = 0.12f;
     dp.window = 6;
     dp.sink = 1;
@@ -580,6 +587,7 @@ START_TEST(test_bytes_and_target)
     prob_make(&p, 1, n_kv, G, d, T, 0.1f, 8);
     dl_delta_params dp;
     dl_delta_params_default(&dp);
+    dp.sparsity_target = -1; /* these tests give theta */
     dp.sparsity_target = 0.6f;
     dp.window = 16;
     char err[128];

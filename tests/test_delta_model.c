@@ -105,6 +105,7 @@ START_TEST(test_real_keys_kernels_vs_oracle)
             for (int knob = 0; knob < 2; knob++) {
                 dl_delta_params dp;
                 dl_delta_params_default(&dp);
+                dp.sparsity_target = -1; /* these tests give theta */
                 dp.prefill_mode = mode ? DL_PREFILL_BLOCK : DL_PREFILL_SLIDING;
                 dp.block_frac = 0.1f;
                 dp.window = windows[wi];
@@ -136,6 +137,7 @@ START_TEST(test_real_keys_logits)
     for (int mode = 0; mode < 2; mode++) {
         dl_delta_params dp;
         dl_delta_params_default(&dp);
+        dp.sparsity_target = -1; /* these tests give theta */
         dp.theta = 1.0f;
         dp.window = 8;
         dp.prefill_mode = mode ? DL_PREFILL_BLOCK : DL_PREFILL_SLIDING;
@@ -171,6 +173,7 @@ START_TEST(test_real_keys_theta_zero_dense)
     int one[] = { 120 };
     dl_delta_params dp;
     dl_delta_params_default(&dp);
+    dp.sparsity_target = -1; /* these tests give theta */
     dp.theta = 0;
     dp.window = 1000;
     run_seq(NULL, 0, one, 1, dense);
