@@ -29,32 +29,6 @@ typedef struct daemon_proc {
 
 static daemon_proc main_d;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void nap(void)
-{
-    struct timespec ts = {0, 20 * 1000 * 1000};
-    nanosleep(&ts, NULL);
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, (struct sockaddr *)&a, sizeof a);
-    socklen_t l = sizeof a;
-    getsockname(fd, (struct sockaddr *)&a, &l);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 static const char *daemon_path(void)
 {
     static char p[4096];
@@ -65,39 +39,7 @@ static const char *daemon_path(void)
 
 /* ---- HTTP -------------------------------------------------------------------------------- */
 
-typedef struct resp {
-    long status;
-    char *body;
-    size_t len;
-    char hdr[4096];
-    size_t hlen;
-} resp;
-
-static size_t on_body(char *p, size_t sz, size_t n, void *ud)
-{
-    resp *r = ud;
-    size_t k = sz * n;
-    char *q = realloc(r->body, r->len + k + 1);
-    if (!q)
-        return 0;
-    r->body = q;
-    memcpy(r->body + r->len, p, k);
-    r->len += k;
-    r->body[r->len] = 0;
-    return k;
-}
-
-static size_t on_hdr(char *p, size_t sz, size_t n, void *ud)
-{
-    resp *r = ud;
-    size_t k = sz * n;
-    if (r->hlen + k < sizeof r->hdr) {
-        memcpy(r->hdr + r->hlen, p, k);
-        r->hlen += k;
-        r->hdr[r->hlen] = 0;
-    }
-    return k;
-}
+typedef dl_test_resp resp;
 
 static CURL *make_easy(int port, const char *method, const char *path, const char *body,
                        size_t blen, const char *key, resp *r, struct curl_slist **hl)
@@ -107,9 +49,9 @@ static CURL *make_easy(int port, const char *method, const char *path, const cha
     CURL *c = curl_easy_init();
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, dl_test_on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_hdr);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, dl_test_on_hdr);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 120L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -191,11 +133,11 @@ static double metric(int port, const char *series)
 
 static int wait_metric(int port, const char *series, double want, double secs)
 {
-    double end = now_s() + secs;
-    while (now_s() < end) {
+    double end = dl_test_now() + secs;
+    while (dl_test_now() < end) {
         if (metric(port, series) == want)
             return 1;
-        nap();
+        dl_test_nap();
     }
     return 0;
 }
@@ -204,7 +146,7 @@ static int wait_metric(int port, const char *series, double want, double secs)
 
 static void start_daemon(daemon_proc *d, const char *const *extra)
 {
-    d->port = free_port();
+    d->port = dl_test_free_port();
     snprintf(d->log, sizeof d->log, "/tmp/test_daemon.%d.%d.log", (int)getpid(), d->port);
     const char *argv[64];
     int n = 0;
@@ -233,8 +175,8 @@ static void start_daemon(daemon_proc *d, const char *const *extra)
         _exit(127);
     }
     d->pid = pid;
-    double end = now_s() + 30;
-    while (now_s() < end) {
+    double end = dl_test_now() + 30;
+    while (dl_test_now() < end) {
         resp r = http_key(d->port, "GET", "/ready", NULL, KEY);
         long st = r.status;
         resp_free(&r);
@@ -245,7 +187,7 @@ static void start_daemon(daemon_proc *d, const char *const *extra)
             d->pid = 0;
             ck_abort_msg("daemon exited at start; see %s", d->log);
         }
-        nap();
+        dl_test_nap();
     }
     ck_abort_msg("daemon did not become ready; see %s", d->log);
 }
@@ -257,14 +199,14 @@ static int stop_daemon(daemon_proc *d)
         return -1;
     kill(d->pid, SIGTERM);
     int st = 0;
-    double end = now_s() + 60;
-    while (now_s() < end) {
+    double end = dl_test_now() + 60;
+    while (dl_test_now() < end) {
         pid_t p = waitpid(d->pid, &st, WNOHANG);
         if (p == d->pid) {
             d->pid = 0;
             return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
         }
-        nap();
+        dl_test_nap();
     }
     kill(d->pid, SIGKILL);
     waitpid(d->pid, &st, 0);
@@ -855,8 +797,8 @@ START_TEST(concurrent_streams_equal_alone)
         curl_multi_add_handle(m, es[i]);
     }
     int running = 1;
-    double end = now_s() + 120;
-    while (running && now_s() < end) {
+    double end = dl_test_now() + 120;
+    while (running && dl_test_now() < end) {
         curl_multi_perform(m, &running);
         if (running)
             curl_multi_poll(m, NULL, 0, 100, NULL);
@@ -890,9 +832,9 @@ static CURL *start_bg(CURLM *m, int port, const char *path, const char *body, re
 
 static int pump_until(CURLM *m, int port, const char *series, double want, double secs)
 {
-    double end = now_s() + secs;
+    double end = dl_test_now() + secs;
     int running;
-    while (now_s() < end) {
+    while (dl_test_now() < end) {
         curl_multi_perform(m, &running);
         if (metric(port, series) == want)
             return 1;
@@ -919,9 +861,9 @@ START_TEST(disconnect_frees_sequence)
         ck_assert_msg(pump_until(m, d.port, "deltallm_requests_running", 1, 30),
                       "request never ran");
         if (stream) { /* wait for tokens to flow */
-            double end = now_s() + 30;
+            double end = dl_test_now() + 30;
             int running;
-            while (r.len < 200 && now_s() < end) {
+            while (r.len < 200 && dl_test_now() < end) {
                 curl_multi_perform(m, &running);
                 curl_multi_poll(m, NULL, 0, 20, NULL);
             }
@@ -969,9 +911,9 @@ START_TEST(disconnect_mid_prefill_frees_sequence)
         resp r = {0};
         struct curl_slist *hl;
         CURL *e = start_bg(m, d.port, "/v1/completions", body, &r, &hl);
-        double end = now_s() + 30, f = f0;
+        double end = dl_test_now() + 30, f = f0;
         int running;
-        while (now_s() < end && f <= f0) { /* prefill has begun */
+        while (dl_test_now() < end && f <= f0) { /* prefill has begun */
             curl_multi_perform(m, &running);
             f = metric(d.port, "deltallm_prefill_tokens_total");
             curl_multi_poll(m, NULL, 0, 5, NULL);
@@ -1069,17 +1011,17 @@ START_TEST(sigterm_with_inflight_exits_zero)
     ck_assert(pump_until(m, d.port, "deltallm_requests_running", 2, 30));
     kill(d.pid, SIGTERM);
     int running = 1;
-    double end = now_s() + 60;
-    while (running && now_s() < end) {
+    double end = dl_test_now() + 60;
+    while (running && dl_test_now() < end) {
         curl_multi_perform(m, &running);
         if (running)
             curl_multi_poll(m, NULL, 0, 50, NULL);
     }
     int st = 0;
-    end = now_s() + 30;
+    end = dl_test_now() + 30;
     pid_t p = 0;
-    while (now_s() < end && (p = waitpid(d.pid, &st, WNOHANG)) != d.pid)
-        nap();
+    while (dl_test_now() < end && (p = waitpid(d.pid, &st, WNOHANG)) != d.pid)
+        dl_test_nap();
     ck_assert_msg(p == d.pid && WIFEXITED(st) && WEXITSTATUS(st) == 0,
                   "daemon did not exit 0 after SIGTERM (see %s)", d.log);
     d.pid = 0;

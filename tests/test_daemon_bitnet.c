@@ -30,32 +30,6 @@ static char log_path[512];
 static pid_t daemon_pid;
 static int daemon_port;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void nap(void)
-{
-    struct timespec ts = {0, 20 * 1000 * 1000};
-    nanosleep(&ts, NULL);
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, (struct sockaddr *)&a, sizeof a);
-    socklen_t l = sizeof a;
-    getsockname(fd, (struct sockaddr *)&a, &l);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 static const char *build_path(const char *bin)
 {
     static char p[2][4096];
@@ -68,39 +42,7 @@ static const char *build_path(const char *bin)
 
 /* ---- HTTP -------------------------------------------------------------------------------- */
 
-typedef struct resp {
-    long status;
-    char *body;
-    size_t len;
-    char hdr[4096];
-    size_t hlen;
-} resp;
-
-static size_t on_body(char *p, size_t sz, size_t n, void *ud)
-{
-    resp *r = ud;
-    size_t k = sz * n;
-    char *q = realloc(r->body, r->len + k + 1);
-    if (!q)
-        return 0;
-    r->body = q;
-    memcpy(r->body + r->len, p, k);
-    r->len += k;
-    r->body[r->len] = 0;
-    return k;
-}
-
-static size_t on_hdr(char *p, size_t sz, size_t n, void *ud)
-{
-    resp *r = ud;
-    size_t k = sz * n;
-    if (r->hlen + k < sizeof r->hdr) {
-        memcpy(r->hdr + r->hlen, p, k);
-        r->hlen += k;
-        r->hdr[r->hlen] = 0;
-    }
-    return k;
-}
+typedef dl_test_resp resp;
 
 static resp http(const char *method, const char *path, const char *body)
 {
@@ -110,9 +52,9 @@ static resp http(const char *method, const char *path, const char *body)
     CURL *c = curl_easy_init();
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, dl_test_on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
-    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_hdr);
+    curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, dl_test_on_hdr);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &r);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 120L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -150,7 +92,7 @@ static void setup(void)
     if (rc)
         ck_abort_msg("synth: %s", err);
 
-    daemon_port = free_port();
+    daemon_port = dl_test_free_port();
     snprintf(log_path, sizeof log_path, "%s/deltallmd.log", tmpdir);
     char port[16];
     snprintf(port, sizeof port, "%d", daemon_port);
@@ -166,8 +108,8 @@ static void setup(void)
         _exit(127);
     }
     daemon_pid = pid;
-    double end = now_s() + 30;
-    while (now_s() < end) {
+    double end = dl_test_now() + 30;
+    while (dl_test_now() < end) {
         resp r = http("GET", "/ready", NULL);
         long st = r.status;
         free(r.body);
@@ -178,7 +120,7 @@ static void setup(void)
             daemon_pid = 0;
             ck_abort_msg("daemon exited at start; see %s", log_path);
         }
-        nap();
+        dl_test_nap();
     }
     ck_abort_msg("daemon did not become ready; see %s", log_path);
 }
@@ -188,10 +130,10 @@ static void teardown(void)
     if (daemon_pid > 0) {
         kill(daemon_pid, SIGTERM);
         int st = 0;
-        double end = now_s() + 60;
+        double end = dl_test_now() + 60;
         pid_t p = 0;
-        while (now_s() < end && (p = waitpid(daemon_pid, &st, WNOHANG)) != daemon_pid)
-            nap();
+        while (dl_test_now() < end && (p = waitpid(daemon_pid, &st, WNOHANG)) != daemon_pid)
+            dl_test_nap();
         if (p != daemon_pid) {
             kill(daemon_pid, SIGKILL);
             waitpid(daemon_pid, &st, 0);

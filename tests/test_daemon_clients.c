@@ -24,38 +24,6 @@
 #define PROMPT "Once upon a time"
 #define NTOK 48
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void nap(void)
-{
-    struct timespec ts = {0, 50 * 1000 * 1000};
-    nanosleep(&ts, NULL);
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, (struct sockaddr *)&a, sizeof a);
-    socklen_t l = sizeof a;
-    getsockname(fd, (struct sockaddr *)&a, &l);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-static const char *build_dir(void)
-{
-    const char *b = getenv("DL_BUILD");
-    return b && *b ? b : "build";
-}
-
 static const char *model_path(void)
 {
     return dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf");
@@ -138,11 +106,11 @@ static int stop_pid(pid_t pid)
         return -1;
     kill(pid, SIGTERM);
     int st = 0;
-    double end = now_s() + 30;
-    while (now_s() < end) {
+    double end = dl_test_now() + 30;
+    while (dl_test_now() < end) {
         if (waitpid(pid, &st, WNOHANG) == pid)
             return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-        nap();
+        dl_test_nap();
     }
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
@@ -151,32 +119,14 @@ static int stop_pid(pid_t pid)
 
 /* ---- HTTP ------------------------------------------------------------------------------ */
 
-typedef struct resp {
-    long status;
-    char *body;
-    size_t len;
-} resp;
-
-static size_t on_body(char *p, size_t sz, size_t n, void *ud)
-{
-    resp *r = ud;
-    size_t k = sz * n;
-    char *q = realloc(r->body, r->len + k + 1);
-    if (!q)
-        return 0;
-    r->body = q;
-    memcpy(r->body + r->len, p, k);
-    r->len += k;
-    r->body[r->len] = 0;
-    return k;
-}
+typedef dl_test_resp resp;
 
 static resp http(const char *url, const char *post)
 {
     resp r = {0};
     CURL *c = curl_easy_init();
     curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, dl_test_on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &r);
     curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
@@ -204,18 +154,18 @@ static char d_log[256];
 static void daemon_setup(void)
 {
     curl_global_init(CURL_GLOBAL_ALL);
-    d_port = free_port();
+    d_port = dl_test_free_port();
     snprintf(d_log, sizeof d_log, "/tmp/test_daemon_clients.%d.log", (int)getpid());
     char path[4096], port[16];
-    snprintf(path, sizeof path, "%s/deltallmd", build_dir());
+    snprintf(path, sizeof path, "%s/deltallmd", dl_test_build_dir());
     snprintf(port, sizeof port, "%d", d_port);
     const char *argv[] = {path, "--model", model_path(), "--host", "127.0.0.1", "--port", port,
                           "--threads", "1", "--parallel", "4", "--ctx", "512", NULL};
     d_pid = spawn(argv, d_log);
     char url[128];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/ready", d_port);
-    double end = now_s() + 30;
-    while (now_s() < end) {
+    double end = dl_test_now() + 30;
+    while (dl_test_now() < end) {
         resp r = http(url, NULL);
         free(r.body);
         if (r.status == 200)
@@ -225,7 +175,7 @@ static void daemon_setup(void)
             d_pid = 0;
             break;
         }
-        nap();
+        dl_test_nap();
     }
     fprintf(stderr, "deltallmd did not become ready; see %s\n", d_log);
 }
@@ -248,7 +198,7 @@ static void assert_daemon(void)
 static char *cli_generate(const char *prompt)
 {
     char cli[4096], n[16];
-    snprintf(cli, sizeof cli, "%s/deltallm", build_dir());
+    snprintf(cli, sizeof cli, "%s/deltallm", dl_test_build_dir());
     snprintf(n, sizeof n, "%d", NTOK);
     /* the daemon runs DeltaLLM with the library's default knobs unless told otherwise; the
      * CLI is dense unless given --delta, which selects the same defaults */
@@ -275,7 +225,7 @@ START_TEST(openai_npm_client_matches_cli)
     ck_assert_msg(have_cmd("node") && have_cmd("npm"),
                   "node and npm are needed for the openai client test (apt-get install nodejs npm)");
     char prefix[4096], pkg[4200], errlog[256];
-    snprintf(prefix, sizeof prefix, "%s/npm", build_dir());
+    snprintf(prefix, sizeof prefix, "%s/npm", dl_test_build_dir());
     snprintf(pkg, sizeof pkg, "%s/node_modules/openai/package.json", prefix);
     snprintf(errlog, sizeof errlog, "/tmp/test_daemon_clients.%d.npm.log", (int)getpid());
     struct stat sb;
@@ -434,7 +384,7 @@ START_TEST(prometheus_scrapes_daemon)
                "scrape_configs:\n  - job_name: deltallmd\n    scrape_interval: 1s\n"
                "    static_configs:\n      - targets: ['127.0.0.1:%d']\n", d_port);
     fclose(f);
-    int pport = free_port();
+    int pport = dl_test_free_port();
     snprintf(listen, sizeof listen, "127.0.0.1:%d", pport);
     char a_cfg[340], a_data[340], a_listen[100];
     snprintf(a_cfg, sizeof a_cfg, "--config.file=%s", cfg);
@@ -444,8 +394,8 @@ START_TEST(prometheus_scrapes_daemon)
     pid_t pid = spawn(argv, log);
     ck_assert(pid > 0);
     int up = 0, sparsity = 0, ttft = 0;
-    double end = now_s() + 90;
-    while (now_s() < end && !(up && sparsity && ttft)) {
+    double end = dl_test_now() + 90;
+    while (dl_test_now() < end && !(up && sparsity && ttft)) {
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             pid = 0;
@@ -454,7 +404,7 @@ START_TEST(prometheus_scrapes_daemon)
         up = up || prom_has(pport, "up{job=\"deltallmd\"} == 1", -1);
         sparsity = sparsity || prom_has(pport, "deltallm_attention_qk_macs_total", 0);
         ttft = ttft || prom_has(pport, "deltallm_time_to_first_token_seconds_count", 0);
-        nap();
+        dl_test_nap();
     }
     /* the histogram's buckets are there too, as Prometheus stored them */
     int buckets = up && prom_has(pport,

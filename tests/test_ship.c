@@ -19,12 +19,6 @@
 
 #include "testutil.h"
 
-static const char *build_dir(void)
-{
-    const char *b = getenv("DL_BUILD");
-    return b && *b ? b : "build";
-}
-
 static const char *model_path(void)
 {
     return dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf");
@@ -34,7 +28,7 @@ static const char *model_path(void)
 static pid_t start_daemon(int port, const char *env)
 {
     char bin[1024], ps[16];
-    snprintf(bin, sizeof bin, "%s/deltallmd", build_dir());
+    snprintf(bin, sizeof bin, "%s/deltallmd", dl_test_build_dir());
     snprintf(ps, sizeof ps, "%d", port);
     pid_t pid = fork();
     if (pid == 0) {
@@ -141,7 +135,7 @@ START_TEST(test_unit_verify)
     ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
     char dir[] = "/tmp/dl-unit-XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(dir));
-    const char *b = build_dir();
+    const char *b = dl_test_build_dir();
     snprintf(cmd, sizeof cmd,
              "sed 's|/usr/local/bin/deltallmd|%s%s%s/deltallmd|' systemd/deltallmd.service "
              "> %s/deltallmd.service && systemd-analyze verify --man=no %s/deltallmd.service "
@@ -173,7 +167,7 @@ START_TEST(test_make_install)
     ck_assert_ptr_nonnull(mkdtemp(dir));
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "make -s install BUILD=%s PREFIX=/opt/dl DESTDIR=%s >%s.log 2>&1",
-             build_dir(), dir, dir);
+             dl_test_build_dir(), dir, dir);
     int rc = run_sh(cmd);
     if (rc) {
         snprintf(cmd, sizeof cmd, "cat %s.log", dir);
@@ -224,7 +218,7 @@ static void need_node_modules(char *nm, size_t n)
 {
     char cwd[2048], cmd[4096];
     ck_assert_ptr_nonnull(getcwd(cwd, sizeof cwd));
-    const char *b = build_dir();
+    const char *b = dl_test_build_dir();
     snprintf(nm, n, "%s%s%s/node_modules", b[0] == '/' ? "" : cwd, b[0] == '/' ? "" : "/", b);
     ck_assert_msg(run_sh("command -v node >/dev/null && command -v npm >/dev/null") == 0,
                   "node and npm are needed for the openapi checks (apt-get install nodejs npm)");

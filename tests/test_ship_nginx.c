@@ -25,30 +25,10 @@
 
 #define N_SESS 16
 
-static const char *build_dir(void)
-{
-    const char *b = getenv("DL_BUILD");
-    return b && *b ? b : "build";
-}
-
-/* A port that was free a moment ago (bind to 0, read it back, close). */
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
 static pid_t start_daemon(int port)
 {
     char bin[1024], ps[16];
-    snprintf(bin, sizeof bin, "%s/deltallmd", build_dir());
+    snprintf(bin, sizeof bin, "%s/deltallmd", dl_test_build_dir());
     snprintf(ps, sizeof ps, "%d", port);
     pid_t pid = fork();
     if (pid == 0) {
@@ -184,11 +164,11 @@ START_TEST(test_nginx_affinity)
     }
     char dir[] = "/tmp/dl-nginx-XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(dir));
-    int p1 = free_port(), p2 = free_port(), pn = free_port();
+    int p1 = dl_test_free_port(), p2 = dl_test_free_port(), pn = dl_test_free_port();
     while (p2 == p1)
-        p2 = free_port();
+        p2 = dl_test_free_port();
     while (pn == p1 || pn == p2)
-        pn = free_port();
+        pn = dl_test_free_port();
 
     /* The example config with its three ports rewritten, inside a minimal main config. */
     char cmd[4096], conf[512];
@@ -268,7 +248,7 @@ END_TEST
 /* The daemon alone: header used without a body session_id, body wins, bad header 400. */
 START_TEST(test_session_header)
 {
-    int p = free_port();
+    int p = dl_test_free_port();
     pid_t d = start_daemon(p);
     ck_assert_msg(wait_200(p, "/ready", 1200), "daemon not ready");
     const char *req = "{\"prompt\":\"Once\",\"max_tokens\":1}";
