@@ -612,6 +612,11 @@ static void run_unit(dl__dcall *cl, int unit, float *scr)
         cl->ops->attend_group(&u, cl->dense);
         goto done;
     }
+    if (cl->ops->attend_wide && !g_time_scores && rows >= 16 && rs <= cl->ops->wide_max_rs &&
+        d <= cl->ops->wide_max_d) {
+        cl->ops->attend_wide(&u, cl->dense);
+        goto done;
+    }
     uint64_t t0 = g_time_scores ? mono_ns() : 0;
     if (cl->dense)
         cl->ops->scores_dense(&u);

@@ -775,9 +775,240 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
     }
 }
 
+/* ---------------------------------------------------------------- fused prefill */
+
+/* Prefill units (>= 16 rows, rs <= DL__WROWS, d <= DL__GDMAX), fused like the decode
+ * kernel above: keys in blocks of DL__GBK; each block's scores exist only as a
+ * DL__GBK x rs tile (8 KB, in L1) instead of the whole unit's score matrix (~1 MB at
+ * 4096 keys, which spilled L2 and was re-read twice by softmax and P.V), followed by an
+ * online softmax vectorised over rows and P.V from the block's V widened once to fp32.
+ * The delta sweep is the one of scores_wide — for each stored (e, v) of Δk_t,
+ * R[rows] += v * Qt[e][rows] — but the block's packed rows are decoded first into
+ * (offset of Qt row e, fp32 value) pairs, with vcompressps / vpcompressd under the mask
+ * chunks, so the inner loop is one broadcast and NV multiply-adds from L1 per value:
+ * no bit scanning, and no scalar reload of a just-stored vector (store forwarding). */
+
+#define DL__WROWS 64 /* largest unit row stride the fused prefill kernel takes */
+
+/* R[16 j0 .. 16 (j0 + NV)) += Σ_i val[i] * Qt[off[i] + .], i in [i0, i1). */
+DL__AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, int i1,
+                   float *R, int j0, const int NV)
+{
+    __m512 A[4], B[4];
+    for (int x = 0; x < NV; x++)
+        A[x] = B[x] = _mm512_setzero_ps();
+    const float *q = Qt + 16 * j0;
+    int i = i0;
+    for (; i + 2 <= i1; i += 2) {
+        __m512 b0 = _mm512_set1_ps(val[i]), b1 = _mm512_set1_ps(val[i + 1]);
+        const float *q0 = q + off[i], *q1 = q + off[i + 1];
+        for (int x = 0; x < NV; x++) {
+            A[x] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(q0 + 16 * x), A[x]);
+            B[x] = _mm512_fmadd_ps(b1, _mm512_loadu_ps(q1 + 16 * x), B[x]);
+        }
+    }
+    if (i < i1) {
+        __m512 b0 = _mm512_set1_ps(val[i]);
+        const float *q0 = q + off[i];
+        for (int x = 0; x < NV; x++)
+            A[x] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(q0 + 16 * x), A[x]);
+    }
+    for (int x = 0; x < NV; x++)
+        _mm512_storeu_ps(R + 16 * (j0 + x), _mm512_add_ps(_mm512_loadu_ps(R + 16 * (j0 + x)),
+                                                          _mm512_add_ps(A[x], B[x])));
+}
+
+/* acc[r0 + i] = acc[r0 + i] * corr[r0 + i] + Σ_j p[j][r0 + i] V[j] for four rows, NVD
+ * 16-lane chunks from c0; V is the block widened to fp32 (row stride d). */
+DL__AI void wpv4(float *acc, const float *corr, const float *p, int rs, const float *vf,
+                 int d, int nb, int c0, const int NVD)
+{
+    __m512 a[4][4];
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        __m512 vc = _mm512_set1_ps(corr[i]);
+        #pragma GCC unroll 4
+        for (int c = 0; c < NVD; c++)
+            a[i][c] = _mm512_mul_ps(_mm512_loadu_ps(acc + (size_t)i * d + c0 + 16 * c), vc);
+    }
+    for (int j = 0; j < nb; j++) {
+        const float *vt = vf + (size_t)j * d + c0, *pj = p + (size_t)j * rs;
+        __m512 v[4];
+        #pragma GCC unroll 4
+        for (int c = 0; c < NVD; c++)
+            v[c] = _mm512_load_ps(vt + 16 * c);
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            __m512 pr = _mm512_set1_ps(pj[i]);
+            #pragma GCC unroll 4
+            for (int c = 0; c < NVD; c++)
+                a[i][c] = _mm512_fmadd_ps(pr, v[c], a[i][c]);
+        }
+    }
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        #pragma GCC unroll 4
+        for (int c = 0; c < NVD; c++)
+            _mm512_storeu_ps(acc + (size_t)i * d + c0 + 16 * c, a[i][c]);
+}
+
+static void attend_wide_avx512(const dl__dunit *u, int dense)
+{
+    const dl__dkeys *k = u->k;
+    int d = k->d, rs = u->rs, rows = u->rows, tend = u->hi[rows - 1];
+    int nvr = (rows + 15) / 16, n4 = (rows + 3) & ~3;
+    float sb[DL__GBK * DL__WROWS] __attribute__((aligned(64)));   /* scores, then p */
+    float vf[DL__GBK * DL__GDMAX] __attribute__((aligned(64)));   /* V block, fp32 */
+    float val[DL__GBK * DL__GDMAX + 16] __attribute__((aligned(64)));
+    int32_t off[DL__GBK * DL__GDMAX + 16] __attribute__((aligned(64)));
+    int kst[DL__GBK + 1], rfa[DL__GBK], rca[DL__GBK];
+    float mx[DL__WROWS] __attribute__((aligned(64)));
+    float sum[DL__WROWS] __attribute__((aligned(64)));
+    float corr[DL__WROWS] __attribute__((aligned(64)));
+    float kbuf[DL__GDMAX] __attribute__((aligned(64)));
+    const dl_fp16 *vt = k->h->val;
+    int rc = 0, rf = dense ? rows : 0;
+    for (int r = 0; r < rs; r++) {
+        u->r[r] = 0;
+        mx[r] = -INFINITY;
+        sum[r] = 0;
+    }
+    for (int r = 0; r < n4; r++)
+        for (int e = 0; e < d; e += 16)
+            _mm512_storeu_ps(u->acc + (size_t)r * d + e, _mm512_setzero_ps());
+    const __m512i iota = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(rs));
+    for (int t0 = 0; t0 <= tend; t0 += DL__GBK) {
+        int nb = tend + 1 - t0 < DL__GBK ? tend + 1 - t0 : DL__GBK;
+        /* row ranges per key, and the block's packed deltas decoded */
+        int pos = 0;
+        for (int j = 0; j < nb; j++) {
+            int t = t0 + j;
+            if (!dense)
+                advance(u, t, &rc, &rf);
+            else
+                while (u->hi[rc] < t)
+                    rc++;
+            rfa[j] = rf;
+            rca[j] = rc;
+            kst[j] = pos;
+            if (rf < rows) {
+                const uint8_t *m = k->h->mask + (size_t)t * k->mb;
+                for (int c = 0; c < d; c += 16) {
+                    unsigned bits = (unsigned)m[c >> 3] | (unsigned)m[(c >> 3) + 1] << 8;
+                    if (!bits)
+                        continue;
+                    __m512 x = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vt));
+                    _mm512_storeu_ps(val + pos, x);
+                    _mm512_storeu_si512(off + pos, _mm512_maskz_compress_epi32(
+                        (__mmask16)bits, _mm512_add_epi32(iota, _mm512_set1_epi32(c * rs))));
+                    int cnt = __builtin_popcount(bits);
+                    vt += cnt;
+                    pos += cnt;
+                }
+            }
+        }
+        kst[nb] = pos;
+        /* scores of the block */
+        for (int j = 0; j < nb; j++) {
+            int t = t0 + j, jrf = rfa[j], jrc = rca[j];
+            float *s = sb + (size_t)j * rs;
+            if (jrf < rows) {
+                int j0 = jrf / 16;
+                for (; j0 + 4 <= nvr; j0 += 4)
+                    wsweep(u->Qt, off, val, kst[j], kst[j + 1], u->r, j0, 4);
+                switch (nvr - j0) {
+                case 3: wsweep(u->Qt, off, val, kst[j], kst[j + 1], u->r, j0, 3); break;
+                case 2: wsweep(u->Qt, off, val, kst[j], kst[j + 1], u->r, j0, 2); break;
+                case 1: wsweep(u->Qt, off, val, kst[j], kst[j + 1], u->r, j0, 1); break;
+                default: break;
+                }
+            }
+            int ex_end = t < k->sink ? rows : jrf;
+            if (ex_end > jrc) {
+                const float *key;
+                if (dense) {
+                    const dl_fp16 *kh = k->kdense + (size_t)t * d;
+                    for (int e = 0; e < d; e += 16)
+                        _mm512_store_ps(kbuf + e, _mm512_cvtph_ps(
+                                                      _mm256_loadu_si256((const __m256i *)(kh + e))));
+                    key = kbuf;
+                } else {
+                    const dl_fp16 *h16 = NULL;
+                    key = dl__exact_src(k, t, &h16);
+                    if (!key) {
+                        for (int e = 0; e < d; e += 16)
+                            _mm512_store_ps(kbuf + e, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                                          (const __m256i *)(h16 + e))));
+                        key = kbuf;
+                    }
+                }
+                exact_rows(u->Qt, rs, d, key, s, jrc, ex_end);
+            }
+            if (t >= k->sink && jrf < rows)
+                copy_rows(s, u->r, jrf, rows);
+            if (jrc > 0)
+                fill_rows(s, -INFINITY, 0, jrc);
+        }
+        /* online softmax, vectorised over rows; p replaces the scores (0 outside rows) */
+        for (int jv = 0; jv < nvr; jv++) {
+            __mmask16 lm = lanes(jv, 0, rows);
+            __m512 m = _mm512_set1_ps(-INFINITY);
+            for (int j = 0; j < nb; j++)
+                m = _mm512_mask_max_ps(m, lm, m, _mm512_load_ps(sb + (size_t)j * rs + 16 * jv));
+            __m512 om = _mm512_load_ps(mx + 16 * jv);
+            __m512 nm = _mm512_max_ps(m, om);
+            __m512 cr = exp_neg(_mm512_sub_ps(om, nm)); /* 0 while om = -inf */
+            __m512 sm = _mm512_setzero_ps();
+            for (int j = 0; j < nb; j++) {
+                float *sj = sb + (size_t)j * rs + 16 * jv;
+                __m512 p = _mm512_maskz_mov_ps(lm, exp_neg(_mm512_sub_ps(_mm512_load_ps(sj), nm)));
+                _mm512_store_ps(sj, p);
+                sm = _mm512_add_ps(sm, p);
+            }
+            _mm512_store_ps(mx + 16 * jv, nm);
+            _mm512_store_ps(corr + 16 * jv, cr);
+            _mm512_store_ps(sum + 16 * jv, _mm512_fmadd_ps(_mm512_load_ps(sum + 16 * jv), cr, sm));
+        }
+        /* P.V: V block widened once, then four rows at a time */
+        const dl_fp16 *vb = k->h->v + (size_t)t0 * d;
+        for (int j = 0; j < nb; j++)
+            for (int e = 0; e < d; e += 16)
+                _mm512_store_ps(vf + (size_t)j * d + e, _mm512_cvtph_ps(_mm256_loadu_si256(
+                                                            (const __m256i *)(vb + (size_t)j * d + e))));
+        for (int r0 = 0; r0 < n4; r0 += 4) {
+            int last = r0 + 3 < rows ? r0 + 3 : rows - 1;
+            int gnb = u->hi[last] - t0 + 1; /* keys past the group's last query add 0 */
+            if (gnb <= 0)
+                continue; /* corr is 1 and p 0 for these rows */
+            gnb = gnb < nb ? gnb : nb;
+            float *acc = u->acc + (size_t)r0 * d;
+            int c0 = 0;
+            for (; c0 + 64 <= d; c0 += 64)
+                wpv4(acc, corr + r0, sb + r0, rs, vf, d, gnb, c0, 4);
+            switch ((d - c0) / 16) {
+            case 3: wpv4(acc, corr + r0, sb + r0, rs, vf, d, gnb, c0, 3); break;
+            case 2: wpv4(acc, corr + r0, sb + r0, rs, vf, d, gnb, c0, 2); break;
+            case 1: wpv4(acc, corr + r0, sb + r0, rs, vf, d, gnb, c0, 1); break;
+            default: break;
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
+        for (int e = 0; e < d; e += 16)
+            _mm512_storeu_ps(u->acc + (size_t)r * d + e,
+                             _mm512_mul_ps(_mm512_loadu_ps(u->acc + (size_t)r * d + e), inv));
+    }
+}
+
 const dl__dops dl__dops_avx512 = {
     .scores = scores_avx512,
     .scores_dense = scores_dense_avx512,
     .softmax_pv = softmax_pv_avx512,
     .attend_group = attend_group_avx512,
+    .attend_wide = attend_wide_avx512,
+    .wide_max_rs = DL__WROWS,
+    .wide_max_d = DL__GDMAX,
 };

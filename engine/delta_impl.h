@@ -83,6 +83,11 @@ typedef struct dl__dops {
      * fused: scores, online softmax and P.V in blocks of keys, acc normalised; st, r and
      * aux are not used. dense as for scores_dense. NULL: not available for this ISA. */
     void (*attend_group)(const dl__dunit *u, int dense);
+    /* Prefill units (rows >= 16, rs <= wide_max_rs, d <= wide_max_d), fused the same way:
+     * keys in blocks, online softmax, P.V per block; acc normalised, st not used (r and
+     * aux may be). NULL: not available for this ISA (scores + softmax_pv instead). */
+    void (*attend_wide)(const dl__dunit *u, int dense);
+    int wide_max_rs, wide_max_d;
 } dl__dops;
 
 #define DL__GROUP_ROWS 16

@@ -615,6 +615,94 @@ START_TEST(test_bytes_and_target)
 }
 END_TEST
 
+/* The fused prefill kernel (keys in blocks, online softmax, P.V per block) against the
+ * split kernels (whole score matrix, then softmax, then P.V), which the score timing
+ * hook forces: same cache contents, outputs equal up to float rounding. Shapes cover
+ * several key blocks and query tiles, a partial last row group (G 3: 63 rows), head dims
+ * that end in 1-3 vectors past a multiple of 64, sinks, windows inside / past a block,
+ * a second prefill chunk (ring keys, earlier deltas), block mode and the dense baseline. */
+START_TEST(test_fused_prefill)
+{
+    static const int dims[] = { 16, 48, 64, 80 };
+    static const int groups[] = { 1, 3, 4 };
+    static const int windows[] = { 1, 8, 40 };
+    for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
+        if (!isa_available(isas[ii]))
+            continue;
+        dl_isa_force(isas[ii]);
+        for (size_t di = 0; di < 4; di++)
+            for (size_t gi = 0; gi < 3; gi++) {
+                int d = dims[di], G = groups[gi], n_kv = 2, nh = n_kv * G, T = 150;
+                prob p;
+                prob_make(&p, 1, n_kv, G, d, T, 0.2f, 40 + di * 3 + gi);
+                float *o[2];
+                for (int f = 0; f < 2; f++)
+                    o[f] = malloc((size_t)T * nh * d * sizeof(float));
+                for (int mode = 0; mode < 4; mode++) {
+                    dl_delta_params dp;
+                    dl_delta_params_default(&dp);
+                    dp.sparsity_target = -1;
+                    dp.theta = 0.15f;
+                    dp.window = windows[mode % 3];
+                    dp.sink = mode == 1 ? 3 : 0;
+                    if (mode == 3)
+                        dp.prefill_mode = DL_PREFILL_BLOCK;
+                    for (int f = 0; f < 2; f++) {
+                        char err[128];
+                        dl_delta_cache *c = dl_delta_cache_create(1, n_kv, d, T, &dp, err, sizeof err);
+                        ck_assert_msg(c != NULL, "%s", err);
+                        dl__delta_time_scores(f); /* f = 1: split kernels */
+                        ck_assert_int_eq(dl_delta_attention(c, NULL, 0, nh, pq(&p, 0, 0), pk(&p, 0, 0),
+                                                            pv(&p, 0, 0), 100, 1, o[f]), 0);
+                        ck_assert_int_eq(dl_delta_attention(c, NULL, 0, nh, pq(&p, 0, 100),
+                                                            pk(&p, 0, 100), pv(&p, 0, 100), 50, 1,
+                                                            o[f] + (size_t)100 * nh * d), 0);
+                        dl__delta_time_scores(0);
+                        dl_delta_cache_free(c);
+                    }
+                    double e = 0;
+                    for (size_t x = 0; x < (size_t)T * nh * d; x++)
+                        e = fmax(e, fabs((double)o[0][x] - o[1][x]));
+                    ck_assert_msg(e < 1e-4, "isa %d d %d G %d mode %d: fused vs split %g",
+                                  isas[ii], d, G, mode, e);
+                }
+                /* the dense baseline over fp16 K/V through both paths */
+                dl_fp16 *kc = malloc((size_t)n_kv * T * d * sizeof(dl_fp16));
+                dl_fp16 *vc = malloc((size_t)n_kv * T * d * sizeof(dl_fp16));
+                for (int g = 0; g < n_kv; g++)
+                    for (int t = 0; t < T; t++)
+                        for (int e = 0; e < d; e++) {
+                            kc[((size_t)g * T + t) * d + e] = dl_f32_to_fp16(pk(&p, 0, t)[g * d + e]);
+                            vc[((size_t)g * T + t) * d + e] = dl_f32_to_fp16(pv(&p, 0, t)[g * d + e]);
+                        }
+                dl_delta_params dp;
+                dl_delta_params_default(&dp);
+                char err[128];
+                dl_delta_cache *c = dl_delta_cache_create(1, n_kv, d, T, &dp, err, sizeof err);
+                ck_assert_msg(c != NULL, "%s", err);
+                for (int f = 0; f < 2; f++) {
+                    dl__delta_time_scores(f);
+                    ck_assert_int_eq(dl__delta_dense_attention(c, NULL, nh, kc, vc, 0, T, pq(&p, 0, 0),
+                                                               o[f]), 0);
+                    dl__delta_time_scores(0);
+                }
+                double e = 0;
+                for (size_t x = 0; x < (size_t)T * nh * d; x++)
+                    e = fmax(e, fabs((double)o[0][x] - o[1][x]));
+                ck_assert_msg(e < 1e-4, "isa %d d %d G %d: dense fused vs split %g", isas[ii],
+                              d, G, e);
+                dl_delta_cache_free(c);
+                free(kc);
+                free(vc);
+                free(o[0]);
+                free(o[1]);
+                prob_free(&p);
+            }
+    }
+    dl_isa_force(dl_isa_detect());
+}
+END_TEST
+
 static Suite *delta_suite(void)
 {
     Suite *s = suite_create("delta");
@@ -629,6 +717,7 @@ static Suite *delta_suite(void)
     tcase_add_test(tc, test_closed_loop);
     tcase_add_test(tc, test_truncate);
     tcase_add_test(tc, test_bytes_and_target);
+    tcase_add_test(tc, test_fused_prefill);
     suite_add_tcase(s, tc);
     return s;
 }
