@@ -91,7 +91,8 @@ struct dl_delta_cache {
     void *map;
     size_t map_bytes;
     dl_delta_stats stats;
-    /* per-thread scratch, allocated on first use and when a larger pool shows up */
+    /* fallback per-thread scratch for callers that pass no dl_delta_scratch (tests, bench):
+     * allocated on first use and when a larger pool shows up, and counted in the bytes */
     float *scratch;
     size_t scratch_per; /* floats per thread */
     int scratch_nth, scratch_rs;
@@ -559,6 +560,8 @@ typedef struct dl__dcall {
     float *out;
     const int32_t *qlo;
     const dl_fp16 *kdense, *vdense; /* dense baseline: [kv][n_ctx][d] */
+    float *scratch;                 /* per-thread areas of scratch_per floats */
+    size_t scratch_per;
     atomic_int next;
 } dl__dcall;
 
@@ -635,7 +638,7 @@ done:
 static void unit_worker(void *arg, int ith, int nth)
 {
     dl__dcall *cl = arg;
-    float *scr = cl->c->scratch + (size_t)ith * cl->c->scratch_per;
+    float *scr = cl->scratch + (size_t)ith * cl->scratch_per;
     int total = cl->n_tiles * cl->c->n_kv;
     for (;;) {
         int u = atomic_fetch_add(&cl->next, 1);
@@ -648,14 +651,22 @@ static void unit_worker(void *arg, int ith, int nth)
 static int round16(int x) { return (x + 15) & ~15; }
 
 /* Per-thread scratch: Qt, Q, acc (rs x d each), r, aux, lo, hi (rs each) and the score
- * matrix (n_ctx x rs). Allocated once per cache, again only if a larger pool or group
- * appears — never per token. */
+ * matrix (n_ctx x rs), where rs bounds a unit's rows (round16 of max(G, tile rows)). */
+static int scratch_rs(int G) { return round16(G > DL__TILE_ROWS ? G : DL__TILE_ROWS); }
+
+static size_t scratch_per(int rs, int d, int n_ctx)
+{
+    return (size_t)rs * (3 * (size_t)d + 4 + (size_t)n_ctx) + 64;
+}
+
+/* The cache's own scratch, for callers without a dl_delta_scratch. Allocated once per
+ * cache, again only if a larger pool or group appears — never per token. */
 static int ensure_scratch(dl_delta_cache *c, int nth, int G)
 {
-    int rs = round16(G > DL__TILE_ROWS ? G : DL__TILE_ROWS);
+    int rs = scratch_rs(G);
     if (c->scratch && c->scratch_nth >= nth && c->scratch_rs >= rs)
         return 0;
-    size_t per = (size_t)rs * (3 * (size_t)c->d + 4 + (size_t)c->n_ctx) + 64;
+    size_t per = scratch_per(rs, c->d, c->n_ctx);
     float *s = malloc(per * (size_t)nth * sizeof(float));
     if (!s)
         return -ENOMEM;
@@ -664,6 +675,77 @@ static int ensure_scratch(dl_delta_cache *c, int nth, int G)
     c->scratch_per = per;
     c->scratch_nth = nth;
     c->scratch_rs = rs;
+    return 0;
+}
+
+struct dl_delta_scratch {
+    float *buf;
+    size_t per; /* floats per thread */
+    int nth, rs, d, n_ctx;
+};
+
+dl_delta_scratch *dl_delta_scratch_create(int max_ctx, int head_dim, int max_group,
+                                          int n_threads, char *err, size_t errlen)
+{
+    /* no head_dim cap here: a dense-only model may exceed DL__DMAX, and the cache rejects
+     * such shapes itself */
+    if (max_ctx < 1 || head_dim < 1 || max_group < 1 || n_threads < 1 ||
+        (uint64_t)max_group * ((uint64_t)max_ctx + 3 * (uint64_t)head_dim) *
+                (uint64_t)n_threads >= (1ull << 40)) {
+        snprintf(err, errlen, "delta scratch: bad shape (%d positions, head_dim %d, group %d, "
+                 "%d threads)", max_ctx, head_dim, max_group, n_threads);
+        return NULL;
+    }
+    dl_delta_scratch *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "delta scratch: out of memory");
+        return NULL;
+    }
+    s->rs = scratch_rs(max_group);
+    s->d = head_dim;
+    s->n_ctx = max_ctx;
+    s->nth = n_threads;
+    s->per = scratch_per(s->rs, head_dim, max_ctx);
+    s->buf = malloc(s->per * (size_t)n_threads * sizeof(float));
+    if (!s->buf) {
+        snprintf(err, errlen, "delta scratch: out of memory (%d positions x %d threads)",
+                 max_ctx, n_threads);
+        free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void dl_delta_scratch_free(dl_delta_scratch *s)
+{
+    if (!s)
+        return;
+    free(s->buf);
+    free(s);
+}
+
+size_t dl_delta_scratch_bytes(const dl_delta_scratch *s)
+{
+    return s ? s->per * (size_t)s->nth * sizeof(float) : 0;
+}
+
+/* Points cl at the caller's scratch when it fits this call (positions < p0 + n), else at
+ * the cache's own when none was given. */
+static int pick_scratch(dl_delta_cache *c, dl_delta_scratch *scr, dl_pool *pool, int G,
+                        int end, dl__dcall *cl)
+{
+    int nth = pool ? dl_pool_size(pool) : 1;
+    if (scr) {
+        if (scr->d < c->d || scr->rs < scratch_rs(G) || scr->nth < nth || scr->n_ctx < end)
+            return -EINVAL;
+        cl->scratch = scr->buf;
+        cl->scratch_per = scr->per;
+        return 0;
+    }
+    if (ensure_scratch(c, nth, G) != 0)
+        return -ENOMEM;
+    cl->scratch = c->scratch;
+    cl->scratch_per = c->scratch_per;
     return 0;
 }
 
@@ -750,7 +832,8 @@ static void oracle_attention(dl_delta_cache *c, int layer, int n_head, const flo
     }
 }
 
-int dl_delta_attention(dl_delta_cache *c, dl_pool *pool, int layer, int n_head,
+int dl_delta_attention(dl_delta_cache *c, dl_delta_scratch *scr, dl_pool *pool, int layer,
+                       int n_head,
                        const float *q, const float *k, const float *v, int n, int is_prefill,
                        float *out)
 {
@@ -761,8 +844,11 @@ int dl_delta_attention(dl_delta_cache *c, dl_pool *pool, int layer, int n_head,
         return -ENOSPC;
     int stage = is_prefill ? DL_STAGE_PREFILL : DL_STAGE_DECODE;
     int on = c->p.enabled && (c->p.stages & stage);
-    if (ensure_scratch(c, pool ? dl_pool_size(pool) : 1, G) != 0)
-        return -ENOMEM;
+    dl__dcall cl = { .c = c, .n_head = n_head, .G = G, .n = n, .p0 = p0, .q = q,
+                     .k = k, .out = out, .qlo = c->qlo, .layer_base = layer * c->n_kv };
+    int rc = pick_scratch(c, scr, pool, G, p0 + n, &cl);
+    if (rc != 0)
+        return rc;
 
     /* 1-2: theta, then encode keys and store V */
     key_weights(c, layer, n_head, q, n, is_prefill);
@@ -798,11 +884,8 @@ int dl_delta_attention(dl_delta_cache *c, dl_pool *pool, int layer, int n_head,
     }
     if (c->oracle)
         oracle_append(c, layer, k, v, p0, n);
-    if (c->oracle != 1) {
-        dl__dcall cl = { .c = c, .n_head = n_head, .G = G, .n = n, .p0 = p0, .q = q,
-                         .k = k, .out = out, .qlo = c->qlo, .layer_base = layer * c->n_kv };
+    if (c->oracle != 1)
         run_call(c, pool, &cl);
-    }
     if (c->oracle)
         oracle_attention(c, layer, n_head, q, p0, n, out);
 
@@ -851,12 +934,12 @@ int dl__delta_dense_attention(dl_delta_cache *c, dl_pool *pool, int n_head, cons
     if (n < 1 || p0 < 0 || n > c->n_ctx - p0 || n_head < c->n_kv || n_head % c->n_kv)
         return -EINVAL;
     int G = n_head / c->n_kv;
-    if (ensure_scratch(c, pool ? dl_pool_size(pool) : 1, G) != 0)
+    dl__dcall cl = { .c = c, .n_head = n_head, .G = G, .n = n, .p0 = p0, .q = q,
+                     .out = out, .qlo = c->qlo, .dense = 1, .kdense = kc, .vdense = vc };
+    if (pick_scratch(c, NULL, pool, G, p0 + n, &cl) != 0)
         return -ENOMEM;
     for (int a = 0; a < n; a++)
         c->qlo[a] = 0;
-    dl__dcall cl = { .c = c, .n_head = n_head, .G = G, .n = n, .p0 = p0, .q = q,
-                     .out = out, .qlo = c->qlo, .dense = 1, .kdense = kc, .vdense = vc };
     run_call(c, pool, &cl);
     return 0;
 }

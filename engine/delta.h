@@ -59,6 +59,18 @@ void dl_delta_stats_add(dl_delta_stage_stats *acc, const dl_delta_stage_stats *s
 
 typedef struct dl_delta_cache dl_delta_cache;
 
+/* Per-thread attention scratch (score matrix and query tiles), shared by every sequence a
+ * worker runs so that it is not held once per session. Sized for contexts up to max_ctx,
+ * head_dim, max_group query heads per KV head (n_head / n_head_kv) and pools of up to
+ * n_threads threads: about n_threads x max_ctx x 16 floats. Use it from one forward pass
+ * at a time. */
+typedef struct dl_delta_scratch dl_delta_scratch;
+
+dl_delta_scratch *dl_delta_scratch_create(int max_ctx, int head_dim, int max_group,
+                                          int n_threads, char *err, size_t errlen);
+void dl_delta_scratch_free(dl_delta_scratch *s);
+size_t dl_delta_scratch_bytes(const dl_delta_scratch *s);
+
 dl_delta_cache *dl_delta_cache_create(int n_layer, int n_head_kv, int head_dim, int n_ctx,
                                       const dl_delta_params *p, char *err, size_t errlen);
 void dl_delta_cache_free(dl_delta_cache *c);
@@ -66,22 +78,27 @@ int dl_delta_cache_len(const dl_delta_cache *c);
 /* Drop positions >= n (the reference state is rebuilt from the stored deltas). */
 int dl_delta_cache_truncate(dl_delta_cache *c, int n);
 const dl_delta_stats *dl_delta_cache_stats(const dl_delta_cache *c);
+/* Cache data (reference, stream, ring, sink, V) plus the fallback scratch, which exists only
+ * once dl_delta_attention ran with scr NULL. */
 size_t dl_delta_cache_bytes(const dl_delta_cache *c);
 
 /* Append n tokens at positions len..len+n-1 for one layer and compute attention.
+ *   scr: shared scratch (see above); NULL makes the cache allocate its own on first use
+ *        (n_ctx x 64 floats per pool thread, counted in dl_delta_cache_bytes)
  *   q:   n x (n_head * head_dim) post-RoPE queries
  *   k,v: n x (n_head_kv * head_dim) post-RoPE keys, values
  *   out: n x (n_head * head_dim)
  * is_prefill selects the stage for the knobs and statistics. The cache length advances
  * once the last layer (n_layer - 1) has been appended. Every layer of a token must be
  * appended with the same n. Returns 0; -EINVAL for a bad layer / n / n_head (n_head must
- * be a multiple of n_head_kv), -ENOSPC when len + n > n_ctx, -ENOMEM if the one-time
- * per-thread scratch (n_ctx x 64 floats per pool thread) cannot be allocated.
+ * be a multiple of n_head_kv) or a scr too small for this call (head_dim, group, pool
+ * size, or len + n > its max_ctx), -ENOSPC when len + n > n_ctx, -ENOMEM if the fallback
+ * scratch cannot be allocated. Nothing is appended when it fails.
  * Storage: V dense fp16; exact keys (ring of window + 8 positions, sink) fp16; the delta
  * stream's values fp16 and its reference state fp32. */
-int dl_delta_attention(dl_delta_cache *c, dl_pool *pool, int layer, int n_head,
-                       const float *q, const float *k, const float *v, int n, int is_prefill,
-                       float *out);
+int dl_delta_attention(dl_delta_cache *c, dl_delta_scratch *scr, dl_pool *pool, int layer,
+                       int n_head, const float *q, const float *k, const float *v, int n,
+                       int is_prefill, float *out);
 
 /* The threshold the layer uses now (the fixed theta, or the one chosen for
  * sparsity_target; < 0 before the layer's first call). */

@@ -83,7 +83,7 @@ static int run(const dl_delta_bench_config *cfg, bench_buf *b, dl_pool *pool,
     dl_delta_cache *c = dl_delta_cache_create(1, cfg->n_kv, d, T, &dp, err, errlen);
     if (!c)
         return -EINVAL;
-    int rc = dl_delta_attention(c, pool, 0, nh, b->q, b->k, b->v, T, 1, b->o);
+    int rc = dl_delta_attention(c, NULL, pool, 0, nh, b->q, b->k, b->v, T, 1, b->o);
     const dl_delta_stats *st = dl_delta_cache_stats(c);
     r->theta = dl_delta_cache_theta(c, 0);
     r->element_sparsity = dl_delta_element_sparsity(&st->stage[0]);
@@ -107,17 +107,17 @@ static int run(const dl_delta_bench_config *cfg, bench_buf *b, dl_pool *pool,
         c = dl_delta_cache_create(1, cfg->n_kv, d, T, &dp, err, errlen);
         if (!c)
             return -ENOMEM;
-        dl_delta_attention(c, pool, 0, nh, b->q, b->k, b->v, 1, 1, b->o); /* scratch */
+        dl_delta_attention(c, NULL, pool, 0, nh, b->q, b->k, b->v, 1, 1, b->o); /* scratch */
         /* the score product alone: a run of the split kernels (the fused prefill kernel
          * does scores, softmax and P.V block by block), end to end timed separately */
         dl_delta_cache_truncate(c, 0);
         dl__delta_time_scores(1);
-        dl_delta_attention(c, pool, 0, nh, b->q, b->k, b->v, T, 1, b->o);
+        dl_delta_attention(c, NULL, pool, 0, nh, b->q, b->k, b->v, T, 1, b->o);
         r->prefill_delta_scores_ms = fmin(r->prefill_delta_scores_ms, dl__delta_score_ns() * 1e-6);
         dl__delta_time_scores(0);
         dl_delta_cache_truncate(c, 0);
         double t0 = now_s();
-        dl_delta_attention(c, pool, 0, nh, b->q, b->k, b->v, T, 1, b->o);
+        dl_delta_attention(c, NULL, pool, 0, nh, b->q, b->k, b->v, T, 1, b->o);
         double t1 = now_s();
         dl_delta_cache_free(c);
         r->prefill_delta_ms = fmin(r->prefill_delta_ms, (t1 - t0) * 1e3);
@@ -143,7 +143,7 @@ static int run(const dl_delta_bench_config *cfg, bench_buf *b, dl_pool *pool,
         b->dc[l] = dl_delta_cache_create(1, cfg->n_kv, d, T, &dp, err, errlen);
         if (!b->dc[l])
             return -ENOMEM;
-        dl_delta_attention(b->dc[l], pool, 0, nh, b->q, b->k, b->v, T - 1, 1, b->o);
+        dl_delta_attention(b->dc[l], NULL, pool, 0, nh, b->q, b->k, b->v, T - 1, 1, b->o);
         store_dense(cfg, b->kc[l], b->vc[l], b->k, b->v, 0, T - 1);
     }
     const float *q1 = b->q + (size_t)(T - 1) * qw, *k1 = b->k + (size_t)(T - 1) * kw;
@@ -154,7 +154,7 @@ static int run(const dl_delta_bench_config *cfg, bench_buf *b, dl_pool *pool,
         /* end to end (the fused decode kernels where the ISA has them) */
         double t0 = now_s();
         for (int l = 0; l < L; l++)
-            dl_delta_attention(b->dc[l], pool, 0, nh, q1, k1, v1, 1, 0, b->o);
+            dl_delta_attention(b->dc[l], NULL, pool, 0, nh, q1, k1, v1, 1, 0, b->o);
         double t1 = now_s();
         for (int l = 0; l < L; l++)
             dl_delta_cache_truncate(b->dc[l], T - 1);
@@ -176,7 +176,7 @@ static int run(const dl_delta_bench_config *cfg, bench_buf *b, dl_pool *pool,
         /* the score product alone: timing it runs the split (unfused) kernels */
         dl__delta_time_scores(1);
         for (int l = 0; l < L; l++)
-            dl_delta_attention(b->dc[l], pool, 0, nh, q1, k1, v1, 1, 0, b->o);
+            dl_delta_attention(b->dc[l], NULL, pool, 0, nh, q1, k1, v1, 1, 0, b->o);
         r->decode_delta_scores_us = fmin(r->decode_delta_scores_us, dl__delta_score_ns() * 1e-3 / L);
         for (int l = 0; l < L; l++)
             dl_delta_cache_truncate(b->dc[l], T - 1);

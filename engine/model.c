@@ -92,6 +92,7 @@ struct dl_ctx {
     float *att;      /* [n_threads][max_ctx] attention scores */
     void *mm_scratch;
     void *tq_scratch; /* int8 activations for ternary weights (ternary.h) */
+    dl_delta_scratch *dscr; /* delta attention scratch, shared by the sequences run here */
     size_t bytes;
 };
 
@@ -570,6 +571,13 @@ dl_ctx *dl_ctx_create(const dl_model *m, int max_tokens, int max_ctx, int n_thre
     c->bytes += tqs;
     if (!c->tq_scratch)
         goto oom;
+    c->dscr = dl_delta_scratch_create(max_ctx, (int)hp->head_dim,
+                                      (int)(hp->n_head / hp->n_head_kv), n_threads, err, errlen);
+    if (!c->dscr) {
+        dl_ctx_free(c);
+        return NULL;
+    }
+    c->bytes += dl_delta_scratch_bytes(c->dscr);
     c->pool = dl_pool_create(n_threads);
     if (!c->pool)
         goto oom;
@@ -590,6 +598,7 @@ void dl_ctx_free(dl_ctx *c)
         free(bufs[i]);
     free(c->mm_scratch);
     free(c->tq_scratch);
+    dl_delta_scratch_free(c->dscr);
     dl_pool_free(c->pool);
     free(c);
 }
@@ -726,8 +735,9 @@ static int check_batch(const dl_ctx *c, const dl_batch_item *items, int n_items,
     return 0;
 }
 
-/* Attention for one item and layer: dense over the fp16 cache, or DeltaLLM's hybrid.
- * Returns 0, or the delta cache's error code (it allocates its scratch on first use). */
+/* Attention for one item and layer: dense over the fp16 cache, or DeltaLLM's hybrid with
+ * the ctx's shared scratch (so sessions hold only cache data). Returns 0, or the delta
+ * cache's error code. */
 static int attention(dl_ctx *c, dl_seq *s, int il, int row0, int n)
 {
     const dl_hparams *hp = &c->m->hp;
@@ -735,7 +745,7 @@ static int attention(dl_ctx *c, dl_seq *s, int il, int row0, int n)
     const float *q = c->q + row0 * qd, *k = c->k + row0 * kvd, *v = c->v + row0 * kvd;
     float *out = c->att_out + row0 * qd;
     if (s->delta)
-        return dl_delta_attention(s->delta, c->pool, il, hp->n_head, q, k, v, n, n > 1, out);
+        return dl_delta_attention(s->delta, c->dscr, c->pool, il, hp->n_head, q, k, v, n, n > 1, out);
     dl_attn_shape sh = {hp->n_head, hp->n_head_kv, hp->head_dim, s->n_ctx};
     size_t layer_off = (size_t)il * hp->n_head_kv * s->n_ctx * hp->head_dim;
     dl_kv_store(&sh, s->k + layer_off, s->v + layer_off, s->len, n, k, v);

@@ -945,9 +945,12 @@ END_TEST
 
 START_TEST(queue_full_429_and_budget_503)
 {
+    /* fixed memory: 1.2 MB of weights + 4.5 MB of ctx scratch (2 threads, 8192 positions);
+     * a 2000-token request needs 1.3 MB of K/V and fits in 8 MiB, an 8000-token one (5.1 MB)
+     * does not */
     static const char *extra[] = {"--api-key", KEY, "--parallel", "1", "--max-queue", "1",
-                                  "--ctx", "8192", "--batch", "64", "--memory-budget", "4M",
-                                  NULL};
+                                  "--ctx", "8192", "--batch", "64", "--memory-budget", "8M",
+                                  "--threads", "2", NULL};
     daemon_proc d;
     start_daemon(&d, extra);
     CURLM *m = curl_multi_init();
@@ -977,7 +980,7 @@ START_TEST(queue_full_429_and_budget_503)
     resp_free(&rb);
     ck_assert(wait_metric(d.port, "deltallm_requests_running", 0, 30));
     ck_assert(wait_metric(d.port, "deltallm_requests_waiting", 0, 30));
-    /* over the memory budget: a sequence of 8000 tokens (5 MB of K/V) does not fit in 4 MiB */
+    /* over the memory budget: a sequence of 8000 tokens (5 MB of K/V) does not fit */
     r = http_key(d.port, "POST", "/v1/completions",
                  "{\"prompt\":\"Once\",\"max_tokens\":8000}", KEY);
     check_error(&r, 503, NULL);

@@ -166,7 +166,7 @@ static double run_case(const prob *p, const dl_delta_params *dp, const int *chun
         int n = chunks[ci], is_prefill = ci < n_prefill;
         call_p0[ci] = pos;
         for (int l = 0; l < p->n_layer; l++) {
-            int rc = dl_delta_attention(c, pool, l, nh, pq(p, l, pos), pk(p, l, pos),
+            int rc = dl_delta_attention(c, NULL, pool, l, nh, pq(p, l, pos), pk(p, l, pos),
                                         pv(p, l, pos), n, is_prefill,
                                         out + (size_t)pos * nh * d);
             ck_assert_int_eq(rc, 0);
@@ -464,7 +464,7 @@ START_TEST(test_closed_loop)
     ck_assert_ptr_nonnull(c);
     float *out = malloc((size_t)50 * nh * d * sizeof(float));
     float sum[64], kh[64];
-    ck_assert_int_eq(dl_delta_attention(c, NULL, 0, nh, pq(&p, 0, 0), pk(&p, 0, 0),
+    ck_assert_int_eq(dl_delta_attention(c, NULL, NULL, 0, nh, pq(&p, 0, 0), pk(&p, 0, 0),
                                         pv(&p, 0, 0), 50, 1, out), 0);
     uint64_t stored = 0;
     for (int t = 50; t <= 150; t++) {
@@ -483,7 +483,7 @@ START_TEST(test_closed_loop)
             stored = dl__delta_off(h, (d + 7) / 8, t);
         }
         if (t < 150)
-            ck_assert_int_eq(dl_delta_attention(c, NULL, 0, nh, pq(&p, 0, t), pk(&p, 0, t),
+            ck_assert_int_eq(dl_delta_attention(c, NULL, NULL, 0, nh, pq(&p, 0, t), pk(&p, 0, t),
                                                 pv(&p, 0, t), 1, 0, out), 0);
     }
     ck_assert_uint_gt(stored, 0);
@@ -530,14 +530,14 @@ START_TEST(test_truncate)
     /* a: 60 prefill + 18 decode of `alt`, truncate to 70 (8 tokens: within the ring's
      * slack, so exact keys survive); b: 60 prefill + 10 of `alt` */
     for (int l = 0; l < L; l++) {
-        dl_delta_attention(a, NULL, l, nh, pq(&p, l, 0), pk(&p, l, 0), pv(&p, l, 0), 60, 1, scratch);
-        dl_delta_attention(b, NULL, l, nh, pq(&p, l, 0), pk(&p, l, 0), pv(&p, l, 0), 60, 1, scratch);
+        dl_delta_attention(a, NULL, NULL, l, nh, pq(&p, l, 0), pk(&p, l, 0), pv(&p, l, 0), 60, 1, scratch);
+        dl_delta_attention(b, NULL, NULL, l, nh, pq(&p, l, 0), pk(&p, l, 0), pv(&p, l, 0), 60, 1, scratch);
     }
     for (int t = 60; t < 78; t++)
         for (int l = 0; l < L; l++) {
-            dl_delta_attention(a, NULL, l, nh, pq(&alt, l, t), pk(&alt, l, t), pv(&alt, l, t), 1, 0, o1);
+            dl_delta_attention(a, NULL, NULL, l, nh, pq(&alt, l, t), pk(&alt, l, t), pv(&alt, l, t), 1, 0, o1);
             if (t < 70)
-                dl_delta_attention(b, NULL, l, nh, pq(&alt, l, t), pk(&alt, l, t), pv(&alt, l, t), 1, 0, o2);
+                dl_delta_attention(b, NULL, NULL, l, nh, pq(&alt, l, t), pk(&alt, l, t), pv(&alt, l, t), 1, 0, o2);
         }
     ck_assert_int_eq(dl_delta_cache_truncate(a, 79), -EINVAL);
     ck_assert_int_eq(dl_delta_cache_truncate(a, 70), 0);
@@ -550,8 +550,8 @@ START_TEST(test_truncate)
     /* both continue with p's tokens 70..; outputs must be identical */
     for (int t = 70; t < 100; t++)
         for (int l = 0; l < L; l++) {
-            ck_assert_int_eq(dl_delta_attention(a, NULL, l, nh, pq(&p, l, t), pk(&p, l, t), pv(&p, l, t), 1, 0, o1), 0);
-            ck_assert_int_eq(dl_delta_attention(b, NULL, l, nh, pq(&p, l, t), pk(&p, l, t), pv(&p, l, t), 1, 0, o2), 0);
+            ck_assert_int_eq(dl_delta_attention(a, NULL, NULL, l, nh, pq(&p, l, t), pk(&p, l, t), pv(&p, l, t), 1, 0, o1), 0);
+            ck_assert_int_eq(dl_delta_attention(b, NULL, NULL, l, nh, pq(&p, l, t), pk(&p, l, t), pv(&p, l, t), 1, 0, o2), 0);
             ck_assert_mem_eq(o1, o2, (size_t)nh * d * sizeof(float));
         }
     /* a deep truncate (past the ring's slack) still rebuilds the reference exactly */
@@ -564,14 +564,99 @@ START_TEST(test_truncate)
     ck_assert_int_eq(dl_delta_cache_truncate(a, 0), 0);
     ck_assert_uint_eq(dl_delta_cache_stats(a)->k_cache_dense_bytes, 0);
     /* room and argument checks */
-    ck_assert_int_eq(dl_delta_attention(b, NULL, 0, nh, pq(&p, 0, 0), pk(&p, 0, 0), pv(&p, 0, 0), 21, 0, scratch), -ENOSPC);
-    ck_assert_int_eq(dl_delta_attention(b, NULL, 2, nh, pq(&p, 0, 0), pk(&p, 0, 0), pv(&p, 0, 0), 1, 0, scratch), -EINVAL);
-    ck_assert_int_eq(dl_delta_attention(b, NULL, 0, nh + 1, pq(&p, 0, 0), pk(&p, 0, 0), pv(&p, 0, 0), 1, 0, scratch), -EINVAL);
+    ck_assert_int_eq(dl_delta_attention(b, NULL, NULL, 0, nh, pq(&p, 0, 0), pk(&p, 0, 0), pv(&p, 0, 0), 21, 0, scratch), -ENOSPC);
+    ck_assert_int_eq(dl_delta_attention(b, NULL, NULL, 2, nh, pq(&p, 0, 0), pk(&p, 0, 0), pv(&p, 0, 0), 1, 0, scratch), -EINVAL);
+    ck_assert_int_eq(dl_delta_attention(b, NULL, NULL, 0, nh + 1, pq(&p, 0, 0), pk(&p, 0, 0), pv(&p, 0, 0), 1, 0, scratch), -EINVAL);
     free(scratch);
     free(o1);
     free(o2);
     dl_delta_cache_free(a);
     dl_delta_cache_free(b);
+    prob_free(&p);
+    prob_free(&alt);
+}
+END_TEST
+
+/* A dl_delta_scratch shared by two sequences gives the same outputs, bit for bit, as the
+ * caches' own scratch; the caches then count only their data; a scratch too small for a
+ * call is refused before anything is appended. */
+START_TEST(test_shared_scratch)
+{
+    prob p, alt;
+    int d = 64, n_kv = 2, G = 4, nh = n_kv * G, L = 2, T = 100;
+    prob_make(&p, L, n_kv, G, d, T, 0.1f, 31);
+    prob_make(&alt, L, n_kv, G, d, T, 0.1f, 32);
+    dl_delta_params dp;
+    dl_delta_params_default(&dp);
+    dp.sparsity_target = -1;
+    dp.theta = 0.12f;
+    dp.window = 6;
+    char err[128];
+    dl_pool *pool = dl_pool_create(2);
+    ck_assert_ptr_nonnull(pool);
+    dl_delta_scratch *scr = dl_delta_scratch_create(T, d, G, 2, err, sizeof err);
+    ck_assert_ptr_nonnull(scr);
+    ck_assert_uint_gt(dl_delta_scratch_bytes(scr), (size_t)2 * T * 64 * sizeof(float));
+    dl_delta_cache *own = dl_delta_cache_create(L, n_kv, d, T, &dp, err, sizeof err);
+    dl_delta_cache *sh1 = dl_delta_cache_create(L, n_kv, d, T, &dp, err, sizeof err);
+    dl_delta_cache *sh2 = dl_delta_cache_create(L, n_kv, d, T, &dp, err, sizeof err);
+    size_t ob = (size_t)40 * nh * d * sizeof(float);
+    float *o1 = malloc(ob), *o2 = malloc(ob), *o3 = malloc(ob);
+    /* prefill 40 then decode to 80; sh2 runs `alt` interleaved with sh1 on the scratch */
+    for (int t = 0; t < 80;) {
+        int n = t == 0 ? 40 : 1;
+        for (int l = 0; l < L; l++) {
+            ck_assert_int_eq(dl_delta_attention(own, NULL, pool, l, nh, pq(&p, l, t), pk(&p, l, t),
+                                                pv(&p, l, t), n, n > 1, o1), 0);
+            ck_assert_int_eq(dl_delta_attention(sh1, scr, pool, l, nh, pq(&p, l, t), pk(&p, l, t),
+                                                pv(&p, l, t), n, n > 1, o2), 0);
+            ck_assert_int_eq(dl_delta_attention(sh2, scr, pool, l, nh, pq(&alt, l, t),
+                                                pk(&alt, l, t), pv(&alt, l, t), n, n > 1, o3), 0);
+            ck_assert_mem_eq(o1, o2, (size_t)n * nh * d * sizeof(float));
+        }
+        t += n;
+    }
+    const dl_delta_stats *st = dl_delta_cache_stats(sh1);
+    ck_assert_uint_eq(dl_delta_cache_bytes(sh1), st->k_cache_bytes + st->v_cache_bytes);
+    ck_assert_uint_gt(dl_delta_cache_bytes(own),
+                      dl_delta_cache_bytes(sh1) + (size_t)2 * T * 64 * sizeof(float));
+    /* too few positions, threads, or a narrower head: -EINVAL, nothing appended */
+    dl_delta_scratch *small = dl_delta_scratch_create(80, d, G, 2, err, sizeof err);
+    dl_delta_scratch *one = dl_delta_scratch_create(T, d, G, 1, err, sizeof err);
+    dl_delta_scratch *narrow = dl_delta_scratch_create(T, 32, G, 2, err, sizeof err);
+    ck_assert_ptr_nonnull(small);
+    ck_assert_ptr_nonnull(one);
+    ck_assert_ptr_nonnull(narrow);
+    dl_delta_scratch *bad[] = {small, one, narrow};
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(dl_delta_attention(sh1, bad[i], pool, 0, nh, pq(&p, 0, 80), pk(&p, 0, 80),
+                                            pv(&p, 0, 80), 1, 0, o2), -EINVAL);
+    ck_assert_int_eq(dl_delta_cache_len(sh1), 80);
+    ck_assert_uint_eq(dl_delta_cache_bytes(sh1), st->k_cache_bytes + st->v_cache_bytes);
+    /* the same calls with a fitting scratch still match the cache's own */
+    for (int l = 0; l < L; l++) {
+        ck_assert_int_eq(dl_delta_attention(own, NULL, pool, l, nh, pq(&p, l, 80), pk(&p, l, 80),
+                                            pv(&p, l, 80), 1, 0, o1), 0);
+        ck_assert_int_eq(dl_delta_attention(sh1, one, NULL, l, nh, pq(&p, l, 80), pk(&p, l, 80),
+                                            pv(&p, l, 80), 1, 0, o2), 0);
+        ck_assert_mem_eq(o1, o2, (size_t)nh * d * sizeof(float));
+    }
+    ck_assert_ptr_null(dl_delta_scratch_create(0, d, G, 1, err, sizeof err));
+    ck_assert_ptr_null(dl_delta_scratch_create(T, d, 0, 1, err, sizeof err));
+    ck_assert_ptr_null(dl_delta_scratch_create(T, d, G, 0, err, sizeof err));
+    ck_assert(strstr(err, "delta scratch") != NULL);
+    dl_delta_scratch_free(NULL);
+    dl_delta_scratch_free(small);
+    dl_delta_scratch_free(one);
+    dl_delta_scratch_free(narrow);
+    dl_delta_scratch_free(scr);
+    dl_delta_cache_free(own);
+    dl_delta_cache_free(sh1);
+    dl_delta_cache_free(sh2);
+    dl_pool_free(pool);
+    free(o1);
+    free(o2);
+    free(o3);
     prob_free(&p);
     prob_free(&alt);
 }
@@ -593,7 +678,7 @@ START_TEST(test_bytes_and_target)
     char err[128];
     dl_delta_cache *c = dl_delta_cache_create(1, n_kv, d, T, &dp, err, sizeof err);
     float *out = malloc((size_t)T * nh * d * sizeof(float));
-    ck_assert_int_eq(dl_delta_attention(c, NULL, 0, nh, pq(&p, 0, 0), pk(&p, 0, 0), pv(&p, 0, 0), T, 1, out), 0);
+    ck_assert_int_eq(dl_delta_attention(c, NULL, NULL, 0, nh, pq(&p, 0, 0), pk(&p, 0, 0), pv(&p, 0, 0), T, 1, out), 0);
     const dl_delta_stats *st = dl_delta_cache_stats(c);
     double sp = dl_delta_element_sparsity(&st->stage[0]);
     ck_assert_msg(fabs(sp - 0.6) < 0.02, "sparsity %g for target 0.6 (theta %g)", sp,
@@ -652,9 +737,9 @@ START_TEST(test_fused_prefill)
                         dl_delta_cache *c = dl_delta_cache_create(1, n_kv, d, T, &dp, err, sizeof err);
                         ck_assert_msg(c != NULL, "%s", err);
                         dl__delta_time_scores(f); /* f = 1: split kernels */
-                        ck_assert_int_eq(dl_delta_attention(c, NULL, 0, nh, pq(&p, 0, 0), pk(&p, 0, 0),
+                        ck_assert_int_eq(dl_delta_attention(c, NULL, NULL, 0, nh, pq(&p, 0, 0), pk(&p, 0, 0),
                                                             pv(&p, 0, 0), 100, 1, o[f]), 0);
-                        ck_assert_int_eq(dl_delta_attention(c, NULL, 0, nh, pq(&p, 0, 100),
+                        ck_assert_int_eq(dl_delta_attention(c, NULL, NULL, 0, nh, pq(&p, 0, 100),
                                                             pk(&p, 0, 100), pv(&p, 0, 100), 50, 1,
                                                             o[f] + (size_t)100 * nh * d), 0);
                         dl__delta_time_scores(0);
@@ -716,6 +801,7 @@ static Suite *delta_suite(void)
     tcase_add_test(tc, test_theta_zero_dense);
     tcase_add_test(tc, test_closed_loop);
     tcase_add_test(tc, test_truncate);
+    tcase_add_test(tc, test_shared_scratch);
     tcase_add_test(tc, test_bytes_and_target);
     tcase_add_test(tc, test_fused_prefill);
     suite_add_tcase(s, tc);
