@@ -89,6 +89,7 @@ struct dl_ctx {
     float *hb;       /* [T][n_ff] */
     float *hb2;      /* [T][n_ff] */
     float *xo;       /* [OUT_CHUNK][n_embd] rows that produce logits */
+    float *lo;       /* [OUT_CHUNK][n_vocab] logits of rows gathered from several items */
     float *att;      /* [n_threads][max_ctx] attention scores */
     void *mm_scratch;
     void *tq_scratch; /* int8 activations for ternary weights (ternary.h) */
@@ -553,6 +554,7 @@ dl_ctx *dl_ctx_create(const dl_model *m, int max_tokens, int max_ctx, int n_thre
         {&c->x, T * hp->n_embd}, {&c->xb, T * hp->n_embd}, {&c->xb2, T * hp->n_embd},
         {&c->q, T * qd}, {&c->k, T * kvd}, {&c->v, T * kvd}, {&c->att_out, T * qd},
         {&c->hb, T * hp->n_ff}, {&c->hb2, T * hp->n_ff}, {&c->xo, (size_t)OUT_CHUNK * hp->n_embd},
+        {&c->lo, (size_t)OUT_CHUNK * hp->n_vocab},
         {&c->att, (size_t)n_threads * max_ctx},
     };
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
@@ -592,7 +594,7 @@ void dl_ctx_free(dl_ctx *c)
 {
     if (!c)
         return;
-    float *bufs[] = {c->x, c->xb, c->xb2, c->q, c->k, c->v, c->att_out, c->hb, c->hb2, c->xo,
+    float *bufs[] = {c->x, c->xb, c->xb2, c->q, c->k, c->v, c->att_out, c->hb, c->hb2, c->xo, c->lo,
                      c->att};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]);
@@ -859,19 +861,48 @@ static int layer_forward(dl_ctx *c, const layer *L, int il, dl_batch_item *items
     return 0;
 }
 
-/* Final norm and output head for the rows of one item that want logits. */
-static void output_logits(dl_ctx *c, const dl_batch_item *it, int row0)
+/* Final norm and output head for every row of an item that wants all its logits. */
+static void output_all_logits(dl_ctx *c, const dl_batch_item *it, int row0)
 {
     const dl_hparams *hp = &c->m->hp;
     int E = hp->n_embd;
-    int first = it->all_logits ? 0 : it->n_tokens - 1;
-    for (int r = first; r < it->n_tokens; r += OUT_CHUNK) {
+    for (int r = 0; r < it->n_tokens; r += OUT_CHUNK) {
         int n = it->n_tokens - r < OUT_CHUNK ? it->n_tokens - r : OUT_CHUNK;
         for (int j = 0; j < n; j++)
             dl_rmsnorm(c->xo + (size_t)j * E, c->x + (size_t)(row0 + r + j) * E, c->m->output_norm,
                        E, hp->rms_eps);
-        float *dst = it->logits + (size_t)(r - first) * hp->n_vocab;
-        matmul(c, &c->m->output, c->xo, dst, n);
+        matmul(c, &c->m->output, c->xo, it->logits + (size_t)r * hp->n_vocab, n);
+    }
+}
+
+/* The output head for the last row of every item that wants only that: the rows of up to
+ * OUT_CHUNK items go through one matmul, so a batched decode step reads the head (the
+ * largest matrix) once, not once per sequence. */
+static void output_last_logits(dl_ctx *c, dl_batch_item *items, int n_items)
+{
+    const dl_hparams *hp = &c->m->hp;
+    int E = hp->n_embd, n = 0, row = 0;
+    dl_batch_item *who[OUT_CHUNK];
+    for (int i = 0; i < n_items; i++) {
+        row += items[i].n_tokens;
+        if (!items[i].logits || items[i].all_logits)
+            continue;
+        dl_rmsnorm(c->xo + (size_t)n * E, c->x + (size_t)(row - 1) * E, c->m->output_norm, E,
+                   hp->rms_eps);
+        who[n++] = &items[i];
+        if (n < OUT_CHUNK && i + 1 < n_items)
+            continue;
+        matmul(c, &c->m->output, c->xo, c->lo, n);
+        for (int j = 0; j < n; j++)
+            memcpy(who[j]->logits, c->lo + (size_t)j * hp->n_vocab,
+                   (size_t)hp->n_vocab * sizeof(float));
+        n = 0;
+    }
+    if (n) { /* the last items wanted no logits */
+        matmul(c, &c->m->output, c->xo, c->lo, n);
+        for (int j = 0; j < n; j++)
+            memcpy(who[j]->logits, c->lo + (size_t)j * hp->n_vocab,
+                   (size_t)hp->n_vocab * sizeof(float));
     }
 }
 
@@ -909,10 +940,11 @@ int dl_forward(dl_ctx *c, dl_batch_item *items, int n_items, char *err, size_t e
         set_err(err, errlen, "forward: attention failed at layer %d: %s", il, strerror(-rc));
         return rc;
     }
+    output_last_logits(c, items, n_items);
     row = 0;
     for (int i = 0; i < n_items; i++) {
-        if (items[i].logits)
-            output_logits(c, &items[i], row);
+        if (items[i].logits && items[i].all_logits)
+            output_all_logits(c, &items[i], row);
         row += items[i].n_tokens;
         items[i].seq->len += items[i].n_tokens;
     }
