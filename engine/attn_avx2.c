@@ -9,8 +9,8 @@
 #include <string.h>
 
 #include "attn_impl.h"
+#include "simd_avx2.h"
 
-#define AI static inline __attribute__((always_inline))
 
 AI __m256i lanes8(int n)
 {
@@ -27,22 +27,6 @@ AI __m256 ldh(const dl_fp16 *p, int n)
     if (n > 0)
         memcpy(t, p, (size_t)n * sizeof *p);
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t));
-}
-
-AI float hsum8(__m256 v)
-{
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    x = _mm_add_ss(x, _mm_movehdup_ps(x));
-    return _mm_cvtss_f32(x);
-}
-
-AI float hmax8(__m256 v)
-{
-    __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
-    x = _mm_max_ss(x, _mm_movehdup_ps(x));
-    return _mm_cvtss_f32(x);
 }
 
 /* exp(x): range reduction by ln2, degree-6 polynomial, exponent built in the integer unit. */

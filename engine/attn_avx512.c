@@ -9,10 +9,10 @@
 #include <math.h>
 
 #include "attn_impl.h"
+#include "simd_avx512.h"
 
 _Static_assert(DL__ATTN_BK == 32, "the block softmax below handles 32 keys as two vectors");
 
-#define AI static inline __attribute__((always_inline))
 
 AI __mmask16 lanes(int n)
 {
@@ -22,24 +22,6 @@ AI __mmask16 lanes(int n)
 AI __m512 ldh(const dl_fp16 *p, __mmask16 m)
 {
     return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
-}
-
-/* exp(x): range reduction by ln2, degree-6 polynomial, scalef (~2 ulp). */
-AI __m512 exp16(__m512 x)
-{
-    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.7f)), _mm512_set1_ps(-103.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504089f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
 }
 
 /* Sum of each of four vectors, as the four lanes of an xmm. */
@@ -177,8 +159,8 @@ void dl__attn_rows_avx512(const dl__attn_rows *a)
                 float nm = bm > mx[r] ? bm : mx[r];
                 corr[i] = expf(mx[r] - nm); /* 0 on the first block (mx = -inf) */
                 __m512 vm = _mm512_set1_ps(nm);
-                __m512 p0 = _mm512_maskz_mov_ps(k0, exp16(_mm512_sub_ps(m0, vm)));
-                __m512 p1 = _mm512_maskz_mov_ps(k1, exp16(_mm512_sub_ps(m1, vm)));
+                __m512 p0 = _mm512_maskz_mov_ps(k0, exp512(_mm512_sub_ps(m0, vm)));
+                __m512 p1 = _mm512_maskz_mov_ps(k1, exp512(_mm512_sub_ps(m1, vm)));
                 _mm512_store_ps(s[i], p0);
                 _mm512_store_ps(s[i] + 16, p1);
                 sum[r] = sum[r] * corr[i] + _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
