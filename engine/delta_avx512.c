@@ -60,6 +60,19 @@ static inline void load_exact(const dl__dkeys *k, int t, __m512 *x)
                    : _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h16 + 16 * c)));
 }
 
+/* Key t as fp32 for exact scoring: this call's fp32 key as it is, or the fp16 one (the
+ * dense baseline's cache, the ring, a sink) widened into kbuf. */
+static inline const float *exact_key_f32(const dl__dkeys *k, int t, int dense, float *kbuf)
+{
+    const dl_fp16 *h16 = dense ? k->kdense + (size_t)t * k->d : NULL;
+    const float *key = dense ? NULL : dl__exact_src(k, t, &h16);
+    if (key)
+        return key;
+    for (int e = 0; e < k->d; e += 16)
+        _mm512_storeu_ps(kbuf + e, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h16 + e))));
+    return kbuf;
+}
+
 /* ---------------------------------------------------------------- many rows */
 
 /* R[0 .. 16 NV) += Σ over key t's stored deltas (e, v) of v * Qt[e][.]. Two accumulator
@@ -178,23 +191,7 @@ static void scores_wide(const dl__dunit *u, int dense)
         }
         int ex_end = t < k->sink ? rows : rf;
         if (ex_end > rc) {
-            const float *key;
-            if (dense) {
-                const dl_fp16 *kh = k->kdense + (size_t)t * d;
-                for (int e = 0; e < d; e += 16)
-                    _mm512_storeu_ps(kbuf + e, _mm512_cvtph_ps(
-                                                   _mm256_loadu_si256((const __m256i *)(kh + e))));
-                key = kbuf;
-            } else {
-                const dl_fp16 *h16 = NULL;
-                key = dl__exact_src(k, t, &h16);
-                if (!key) {
-                    for (int e = 0; e < d; e += 16)
-                        _mm512_storeu_ps(kbuf + e, _mm512_cvtph_ps(_mm256_loadu_si256(
-                                                       (const __m256i *)(h16 + e))));
-                    key = kbuf;
-                }
-            }
+            const float *key = exact_key_f32(k, t, dense, kbuf);
             exact_rows(u->Qt, rs, d, key, s, rc, ex_end);
         }
         if (t >= k->sink && rf < rows)
@@ -927,23 +924,7 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
             }
             int ex_end = t < k->sink ? rows : jrf;
             if (ex_end > jrc) {
-                const float *key;
-                if (dense) {
-                    const dl_fp16 *kh = k->kdense + (size_t)t * d;
-                    for (int e = 0; e < d; e += 16)
-                        _mm512_store_ps(kbuf + e, _mm512_cvtph_ps(
-                                                      _mm256_loadu_si256((const __m256i *)(kh + e))));
-                    key = kbuf;
-                } else {
-                    const dl_fp16 *h16 = NULL;
-                    key = dl__exact_src(k, t, &h16);
-                    if (!key) {
-                        for (int e = 0; e < d; e += 16)
-                            _mm512_store_ps(kbuf + e, _mm512_cvtph_ps(_mm256_loadu_si256(
-                                                          (const __m256i *)(h16 + e))));
-                        key = kbuf;
-                    }
-                }
+                const float *key = exact_key_f32(k, t, dense, kbuf);
                 exact_rows(u->Qt, rs, d, key, s, jrc, ex_end);
             }
             if (t >= k->sink && jrf < rows)
