@@ -58,8 +58,6 @@ void dl_log_close(void)
     pthread_mutex_unlock(&log_lock);
 }
 
-int dl_log_enabled(int level) { return level <= log_level; }
-
 void dl_log(int level, const char *req_id, const char *session, const char *fmt, ...)
 {
     static const char *names[] = {"error", "warn", "info", "debug"};

@@ -108,14 +108,6 @@ void dl_metrics_reject(dl_metrics *m, int r)
     pthread_mutex_unlock(&m->lock);
 }
 
-uint64_t dl_metrics_rejections(dl_metrics *m, int r)
-{
-    pthread_mutex_lock(&m->lock);
-    uint64_t v = m->rejects[r];
-    pthread_mutex_unlock(&m->lock);
-    return v;
-}
-
 void dl_metrics_cancel(dl_metrics *m, int r)
 {
     if (r < 0 || r >= DL_CANCEL_COUNT)

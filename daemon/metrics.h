@@ -44,7 +44,5 @@ void dl_metrics_gauges(dl_metrics *m, int running, int waiting, uint64_t cache_b
                        uint64_t memory_budget);
 
 void dl_metrics_render(dl_metrics *m, dl_sbuf *out);
-/* For tests and /ready: current value of a counter. */
-uint64_t dl_metrics_rejections(dl_metrics *m, int reason);
 
 #endif
