@@ -104,18 +104,20 @@ struct dl_delta_cache {
 
 static int g_oracle_mode;
 static double g_oracle_err;
-static int g_time_scores;
+int dl__delta_timing;
 static _Atomic uint64_t g_score_ns;
 
 void dl__delta_time_scores(int on)
 {
-    g_time_scores = on;
+    dl__delta_timing = on;
     atomic_store(&g_score_ns, 0);
 }
 
 uint64_t dl__delta_score_ns(void) { return atomic_load(&g_score_ns); }
 
-static uint64_t mono_ns(void)
+void dl__delta_add_score_ns(uint64_t ns) { atomic_fetch_add(&g_score_ns, ns); }
+
+uint64_t dl__delta_now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -217,9 +219,11 @@ static size_t head_layout(const dl_delta_cache *c, uint8_t *base, dl__dhead *h)
         at += align64((count) * sizeof(type));                                             \
     } while (0)
     DL__CARVE(ref, float, d);
-    DL__CARVE(mask, uint8_t, n * (size_t)c->mb);
+    DL__CARVE(emask, uint16_t, (n / DL__DBLK) * d);
     DL__CARVE(blk, uint32_t, n / DL__DBLK + 1);
     DL__CARVE(val, dl_fp16, n * d + 64); /* +64: vector loads may read past the end */
+    DL__CARVE(smask, uint8_t, (size_t)DL__DBLK * c->mb);
+    DL__CARVE(sval, dl_fp16, (size_t)DL__DBLK * d + 64);
     DL__CARVE(ring, dl_fp16, (size_t)c->ring_cap * d);
     DL__CARVE(sinkk, dl_fp16, (size_t)c->p.sink * d);
     DL__CARVE(v, dl_fp16, n * d);
@@ -234,8 +238,9 @@ static void update_bytes(dl_delta_cache *c)
     uint64_t sink = n < (uint64_t)c->p.sink ? n : (uint64_t)c->p.sink;
     for (int i = 0; i < c->n_layer * c->n_kv; i++) {
         const dl__dhead *h = &c->heads[i];
-        kb += d * 4 + n * (uint64_t)c->mb + (n / DL__DBLK + 1) * 4 +
-              (uint64_t)dl__delta_off(h, c->mb, (int)n) * 2;
+        /* masks: 2d bytes per completed block (= d bits per position), mb per open row */
+        kb += d * 4 + (n / DL__DBLK) * d * 2 + (n % DL__DBLK) * (uint64_t)c->mb +
+              (n / DL__DBLK + 1) * 4 + ((uint64_t)h->blk[n / DL__DBLK] + (uint64_t)h->scnt) * 2;
         kb += (ring + sink) * d * 2;
     }
     uint64_t heads = (uint64_t)c->n_layer * (uint64_t)c->n_kv;
@@ -348,18 +353,38 @@ const float *dl__delta_key_weights(const dl_delta_cache *c, int layer, int g)
     return c->qw + ((size_t)layer * c->n_kv + g) * c->d;
 }
 
-/* Rebuild r from the stored deltas, summing in the encoder's order so that it comes out
- * bit-identical to the state the encoder had at position n. */
-static void rebuild_ref(const dl_delta_cache *c, dl__dhead *h, int n)
+/* Rebuild r from the stored deltas of positions < n (nfull completed blocks), summing
+ * each element in position order as the encoder did, so that it comes out bit-identical
+ * to the state the encoder had at position n. Also rewrites the ring slots of positions
+ * in [n - ring_cap, lost_from) from k̂ (their exact keys were overwritten). */
+static void rebuild_ref(const dl_delta_cache *c, dl__dhead *h, int n, int nfull, int lost_from)
 {
+    dl__drows cur;
+    dl__drows_init(&cur);
     memset(h->ref, 0, (size_t)c->d * sizeof(float));
-    const dl_fp16 *v = h->val;
     for (int t = 0; t < n; t++) {
-        const uint8_t *m = h->mask + (size_t)t * c->mb;
+        const uint8_t *m;
+        const dl_fp16 *v = dl__drow(&cur, h, c->d, c->mb, nfull, t, &m);
         for (int e = 0; e < c->d; e++)
             if (m[e >> 3] >> (e & 7) & 1)
                 h->ref[e] += dl_fp16_to_f32(*v++);
+        if (t >= n - c->ring_cap && t < lost_from)
+            for (int e = 0; e < c->d; e++)
+                h->ring[(size_t)(t % c->ring_cap) * c->d + e] = dl_f32_to_fp16(h->ref[e]);
     }
+}
+
+/* Make block n / 16 the open block holding positions up to n - 1 (n % 16 != 0), from a
+ * completed block or the open one. */
+static void reopen_block(const dl_delta_cache *c, dl__dhead *h, int n, int nfull)
+{
+    int b = n / DL__DBLK, keep = n % DL__DBLK;
+    if (b < nfull)
+        dl__dblock_rows(h, c->d, c->mb, b, h->smask, h->sval);
+    memset(h->smask + (size_t)keep * c->mb, 0, (size_t)(DL__DBLK - keep) * c->mb);
+    h->scnt = 0;
+    for (int i = 0; i < keep * c->mb; i++)
+        h->scnt += __builtin_popcount(h->smask[i]);
 }
 
 int dl_delta_cache_truncate(dl_delta_cache *c, int n)
@@ -368,26 +393,17 @@ int dl_delta_cache_truncate(dl_delta_cache *c, int n)
         return -EINVAL;
     if (n == c->len)
         return 0;
+    int old = c->len, nfull = old / DL__DBLK;
     for (int i = 0; i < c->n_layer * c->n_kv; i++) {
         dl__dhead *h = &c->heads[i];
-        rebuild_ref(c, h, n);
         /* Ring slots of positions in [n - ring_cap, n) that later positions overwrote:
          * the exact key is gone, k̂ is the best we have (within theta of it). */
-        int old = c->len;
-        if (old - n > c->ring_cap - c->p.window) {
-            float kh[DL__DMAX] = {0};
-            int lost_from = old - c->ring_cap; /* positions below this were overwritten */
-            const dl_fp16 *v = h->val;
-            for (int t = 0; t < n; t++) {
-                const uint8_t *m = h->mask + (size_t)t * c->mb;
-                for (int e = 0; e < c->d; e++)
-                    if (m[e >> 3] >> (e & 7) & 1)
-                        kh[e] += dl_fp16_to_f32(*v++);
-                if (t >= n - c->ring_cap && t < lost_from)
-                    for (int e = 0; e < c->d; e++)
-                        h->ring[(size_t)(t % c->ring_cap) * c->d + e] = dl_f32_to_fp16(kh[e]);
-            }
-        }
+        int lost_from = old - n > c->ring_cap - c->p.window ? old - c->ring_cap : 0;
+        rebuild_ref(c, h, n, nfull, lost_from);
+        if (n % DL__DBLK)
+            reopen_block(c, h, n, nfull);
+        else
+            h->scnt = 0;
     }
     if (n == 0) { /* a fresh start: forget the query statistics */
         size_t nh = (size_t)c->n_layer * (size_t)c->n_kv;
@@ -425,14 +441,14 @@ static inline dl_fp16 delta_half(float delta)
 static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *k, int ks,
                             int p0, int n, float theta, const float *w)
 {
-    int d = c->d;
+    int d = c->d, mb = c->mb;
     uint64_t zeros = 0;
-    dl_fp16 *v = h->val + dl__delta_off(h, c->mb, p0);
     for (int a = 0; a < n; a++) {
-        int t = p0 + a;
+        int t = p0 + a, j = t % DL__DBLK;
         const float *kt = k + (size_t)a * ks;
-        uint8_t *m = h->mask + (size_t)t * c->mb;
-        memset(m, 0, (size_t)c->mb);
+        uint8_t *m = h->smask + (size_t)j * mb;
+        dl_fp16 *v = h->sval + h->scnt;
+        memset(m, 0, (size_t)mb);
         int stored = 0;
         for (int e = 0; e < d; e++) {
             float delta = kt[e] - h->ref[e];
@@ -443,13 +459,32 @@ static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *
                 m[e >> 3] |= (uint8_t)(1u << (e & 7));
             }
         }
-        v += stored;
-        if ((t + 1) % DL__DBLK == 0) /* blk[0] = 0 from the zeroed reservation */
-            h->blk[(t + 1) / DL__DBLK] = (uint32_t)(v - h->val);
+        h->scnt += stored;
         zeros += (uint64_t)(d - stored);
         if (t < c->p.sink)
             for (int e = 0; e < d; e++)
                 h->sinkk[(size_t)t * d + e] = dl_f32_to_fp16(kt[e]);
+        if (j == DL__DBLK - 1) { /* the block is complete: transpose it into the stream */
+            int b = t / DL__DBLK, at[DL__DBLK];
+            for (int r = 0, o = 0; r < DL__DBLK; r++) {
+                at[r] = o;
+                for (int i = 0; i < mb; i++)
+                    o += __builtin_popcount(h->smask[r * mb + i]);
+            }
+            uint16_t *em = h->emask + (size_t)b * d;
+            dl_fp16 *out = h->val + h->blk[b];
+            for (int e = 0; e < d; e++) {
+                unsigned bits = 0;
+                for (int r = 0; r < DL__DBLK; r++)
+                    if (h->smask[r * mb + (e >> 3)] >> (e & 7) & 1) {
+                        bits |= 1u << r;
+                        *out++ = h->sval[at[r]++];
+                    }
+                em[e] = (uint16_t)bits;
+            }
+            h->blk[b + 1] = (uint32_t)(out - h->val);
+            h->scnt = 0;
+        }
     }
     return zeros;
 }
@@ -603,30 +638,31 @@ static void run_unit(dl__dcall *cl, int unit, float *scr)
     }
     dl__dkeys keys = {
         .d = d, .mb = c->mb, .sink = c->p.sink, .p0 = cl->p0, .ring_cap = c->ring_cap,
+        .nfull = (cl->p0 + cl->n) / DL__DBLK,
         .kstride = c->n_kv * d, .kin = cl->k ? cl->k + (size_t)g * d : NULL, .h = h,
         .kdense = cl->kdense ? cl->kdense + (size_t)g * c->n_ctx * d : NULL,
     };
     dl__dunit u = { .k = &keys, .rows = rows, .rs = rs, .Qt = Qt, .Q = Q, .lo = lo,
                     .hi = hi, .st = st, .r = r, .aux = aux, .acc = acc };
-    /* decode: the fused kernel. The bench's score timing needs the split kernels, so
-     * while it is on they run instead (same results up to float rounding). */
-    if (cl->ops->attend_group && !g_time_scores && rows <= DL__GROUP_ROWS && d <= 256 &&
+    /* the fused kernels (decode, prefill) where the ISA has them; they time their own
+     * score phase for the bench */
+    if (cl->ops->attend_group && rows <= DL__GROUP_ROWS && d <= 256 &&
         lo[0] == lo[rows - 1] && hi[0] == hi[rows - 1]) {
         cl->ops->attend_group(&u, cl->dense);
         goto done;
     }
-    if (cl->ops->attend_wide && !g_time_scores && rows >= 16 && rs <= cl->ops->wide_max_rs &&
+    if (cl->ops->attend_wide && rows >= 16 && rs <= cl->ops->wide_max_rs &&
         d <= cl->ops->wide_max_d) {
         cl->ops->attend_wide(&u, cl->dense);
         goto done;
     }
-    uint64_t t0 = g_time_scores ? mono_ns() : 0;
+    uint64_t t0 = dl__delta_timing ? dl__delta_now_ns() : 0;
     if (cl->dense)
         cl->ops->scores_dense(&u);
     else
         cl->ops->scores(&u);
-    if (g_time_scores)
-        atomic_fetch_add(&g_score_ns, mono_ns() - t0);
+    if (dl__delta_timing)
+        atomic_fetch_add(&g_score_ns, dl__delta_now_ns() - t0);
     cl->ops->softmax_pv(&u);
 done:
     for (int a = a0; a < a1; a++)
@@ -656,7 +692,8 @@ static int scratch_rs(int G) { return round16(G > DL__TILE_ROWS ? G : DL__TILE_R
 
 static size_t scratch_per(int rs, int d, int n_ctx)
 {
-    return (size_t)rs * (3 * (size_t)d + 4 + (size_t)n_ctx) + 64;
+    /* + 16: the decode kernel keeps rows x round16(n_ctx) scores */
+    return (size_t)rs * (3 * (size_t)d + 4 + (size_t)n_ctx + 16) + 64;
 }
 
 /* The cache's own scratch, for callers without a dl_delta_scratch. Allocated once per
@@ -914,7 +951,7 @@ int dl_delta_attention(dl_delta_cache *c, dl_delta_scratch *scr, dl_pool *pool, 
         if (lo > 0 && lo != lo_prev) {
             nz_lo = 0;
             for (int g = 0; g < c->n_kv; g++)
-                nz_lo += dl__delta_off(&hs[g], c->mb, lo);
+                nz_lo += dl__delta_off(&hs[g], d, c->mb, (p0 + n) / DL__DBLK, lo);
             lo_prev = lo;
         }
         if (lo > 0)

@@ -73,17 +73,16 @@ static void scores_avx2(const dl__dunit *u)
     const dl__dkeys *k = u->k;
     int d = k->d, rs = u->rs, rows = u->rows, tend = u->hi[rows - 1];
     int rc = 0, rf = 0;
-    const dl_fp16 *vt = k->h->val;
+    dl__drows cur;
+    dl__drows_init(&cur);
     for (int r = 0; r < rs; r++)
         u->r[r] = 0;
     for (int t = 0; t <= tend; t++) {
         ranges_at(u, t, &rc, &rf);
         float *s = u->st + (size_t)t * rs;
-        const uint8_t *m = k->h->mask + (size_t)t * k->mb;
-        const dl_fp16 *v = vt;
-        for (int i = 0; i < k->mb; i++)
-            vt += __builtin_popcount(m[i]);
         if (rf < rows) {
+            const uint8_t *m;
+            const dl_fp16 *v = dl__krow(&cur, k, t, &m);
             for (int i = 0; i < k->mb; i++) {
                 unsigned bits = m[i];
                 while (bits) {

@@ -27,21 +27,6 @@ static inline __mmask16 lanes(int j, int a, int b)
     return (__mmask16)(((1u << hi) - 1) & ~((1u << lo) - 1));
 }
 
-/* Values stored for position t (popcount of its mask). */
-static inline int nnz_at(const dl__dkeys *k, int t)
-{
-    const uint8_t *m = k->h->mask + (size_t)t * k->mb;
-    int n = 0;
-    for (int i = 0; i + 8 <= k->mb; i += 8) {
-        uint64_t x;
-        __builtin_memcpy(&x, m + i, 8);
-        n += __builtin_popcountll(x);
-    }
-    for (int i = k->mb & ~7; i < k->mb; i++)
-        n += __builtin_popcount(m[i]);
-    return n;
-}
-
 static inline void advance(const dl__dunit *u, int t, int *rc, int *rf)
 {
     while (*rf < u->rows && u->lo[*rf] <= t)
@@ -141,10 +126,9 @@ static void exact_rows(const float *Qt, int rs, int d, const float *key, float *
     }
 }
 
-static void delta_rows(const dl__dunit *u, int t, int rf, const dl_fp16 *val)
+static void delta_rows(const dl__dunit *u, const uint8_t *m, int rf, const dl_fp16 *val)
 {
     const dl__dkeys *k = u->k;
-    const uint8_t *m = k->h->mask + (size_t)t * k->mb;
     int j = rf / 16, jend = (u->rows + 15) / 16;
     for (; j + 4 <= jend; j += 4)
         sweep_delta(u->Qt + 16 * j, u->rs, k->d, m, val, u->r + 16 * j, 4);
@@ -175,7 +159,8 @@ static void scores_wide(const dl__dunit *u, int dense)
     int d = k->d, rs = u->rs, rows = u->rows, tend = u->hi[rows - 1];
     int rc = 0, rf = dense ? rows : 0;
     float kbuf[512];
-    const dl_fp16 *vt = k->h->val;
+    dl__drows cur;
+    dl__drows_init(&cur);
     for (int r = 0; r < rs; r++)
         u->r[r] = 0;
     for (int t = 0; t <= tend; t++) {
@@ -186,8 +171,9 @@ static void scores_wide(const dl__dunit *u, int dense)
                 rc++;
         float *s = u->st + (size_t)t * rs;
         if (rf < rows) {
-            delta_rows(u, t, rf, vt);
-            vt += nnz_at(k, t);
+            const uint8_t *m;
+            const dl_fp16 *v = dl__krow(&cur, k, t, &m);
+            delta_rows(u, m, rf, v);
         }
         int ex_end = t < k->sink ? rows : rf;
         if (ex_end > rc) {
@@ -244,13 +230,15 @@ static void scores_group(const dl__dunit *u, int dense)
     int d = k->d, nv = d / 16, rs = u->rs, rows = u->rows, tend = u->hi[0];
     int lo = dense ? 0 : u->lo[0];
     float kx[16 * 512] __attribute__((aligned(64)));
-    const dl_fp16 *vt = k->h->val;
+    dl__drows cur;
+    dl__drows_init(&cur);
     int t = 0;
     for (; t < k->sink && t <= tend; t++) { /* sink keys: exact score, delta into R */
         __m512 x[32];
         float *s = u->st + (size_t)t * rs;
         if (lo > 0) {
-            const uint8_t *m = k->h->mask + (size_t)t * k->mb;
+            const uint8_t *m;
+            const dl_fp16 *vt = dl__krow(&cur, k, t, &m);
             for (int c = 0; c < nv; c++) {
                 unsigned bits = (unsigned)m[2 * c] | (unsigned)m[2 * c + 1] << 8;
                 x[c] = _mm512_maskz_expand_ps(
@@ -279,7 +267,8 @@ static void scores_group(const dl__dunit *u, int dense)
                 for (int c = 0; c < nv; c++)
                     _mm512_store_ps(x + 16 * c, _mm512_setzero_ps());
             } else if (tt < lo) {
-                const uint8_t *m = k->h->mask + (size_t)tt * k->mb;
+                const uint8_t *m;
+                const dl_fp16 *vt = dl__krow(&cur, k, tt, &m);
                 for (int c = 0; c < nv; c++) {
                     unsigned bits = (unsigned)m[2 * c] | (unsigned)m[2 * c + 1] << 8;
                     _mm512_store_ps(x + 16 * c, _mm512_maskz_expand_ps(
@@ -333,7 +322,8 @@ static void scores_narrow(const dl__dunit *u, int dense)
     int d = k->d, nv = d / 16, rs = u->rs, rows = u->rows, tend = u->hi[rows - 1];
     int rc = 0, rf = dense ? rows : 0;
     __m512 x[32];
-    const dl_fp16 *vt = k->h->val;
+    dl__drows cur;
+    dl__drows_init(&cur);
     for (int r = 0; r < rs; r++)
         u->r[r] = 0;
     if (u->lo[0] == u->lo[rows - 1] && u->hi[0] == u->hi[rows - 1] && d <= 512) {
@@ -347,11 +337,9 @@ static void scores_narrow(const dl__dunit *u, int dense)
             while (u->hi[rc] < t)
                 rc++;
         float *s = u->st + (size_t)t * rs;
-        const dl_fp16 *v = vt;
-        if (!dense)
-            vt += nnz_at(k, t);
         if (rf < rows) {
-            const uint8_t *m = k->h->mask + (size_t)t * k->mb;
+            const uint8_t *m;
+            const dl_fp16 *v = dl__krow(&cur, k, t, &m);
             for (int c = 0; c < nv; c++) {
                 unsigned bits = (unsigned)m[2 * c] | (unsigned)m[2 * c + 1] << 8;
                 x[c] = _mm512_maskz_expand_ps(
@@ -514,20 +502,21 @@ static void softmax_pv_avx512(const dl__dunit *u)
 
 /* ---------------------------------------------------------------- fused decode */
 
-/* Decode units, fused like attention.c's dense kernel (attn_avx512.c): keys in blocks of
- * DL__GBK, each block's keys made fp32 once into kx and reused from L1 by every row, an
- * online softmax (running max and sum, acc rescaled when the max grows) and P.V straight
- * from the fp16 V rows, so no score matrix as long as the context is written or re-read.
- * Delta-scored keys are the running reconstruction k̂_t = Σ_{τ<=t} Δk_τ, kept in registers
- * and advanced by each packed row (vcvtph2ps + vexpandps under the mask, one add per 16
- * lanes); its score is then q.k̂_t = R_t, with k̂ summed in the encoder's own order, so it
- * is bit-identical to the encoder's reference. In decode a delta row cannot cost fewer
- * vector multiply-adds than a dense one (d / 16 per row whether the row holds 1 or 16
- * values; iterating the set bits costs more instructions at these densities): the saving
- * is the K bytes streamed (DELTALLM.md section 7), and the reconstruction (about 6
- * instructions per 16 lanes) is what it costs over dense. Tried and dropped: expanding
- * two chunks at once as 16-bit words (VBMI2 vpexpandw) — 25% slower decode on the Zen 4
- * this was measured on (472 -> 600 us per layer at 4096). */
+/* Decode units. The dense baseline (bench) runs fused like attention.c's dense kernel
+ * (attn_avx512.c): keys in blocks of DL__GBK made fp32 once into kx, an online softmax
+ * and P.V straight from the fp16 V rows.
+ *
+ * Delta units (attend_group_avx512) use the element-major blocks of the stream instead
+ * (delta_impl.h): for each of a block's d elements, one vcvtph2ps + vexpandps under its
+ * 16-bit position mask gives that element's deltas for the block's 16 positions as one
+ * vector, and every row (query head) does one multiply-add with its q[e] broadcast — so
+ * the block's 16 delta scores q.Δk per row come out as a vector, with no horizontal sum
+ * and no k̂ rebuilt. The scores of k̂ (q.k̂_t = Σ_{τ<=t} q.Δk_τ) are then a 16-lane
+ * prefix scan plus the carry of the blocks before. Exact keys (window, sink) are scored
+ * one by one, then a two-pass softmax over the row and P.V streaming V once.
+ * The earlier design rebuilt k̂ row by row into kx and scored it like dense keys (k̂ add,
+ * stores and reloads, a 4-row horizontal sum per key): 0.78-0.83x the speed of the engine's
+ * dense attention at 4096 on the 1B shape. */
 
 #define DL__GBK 32    /* keys per block */
 #define DL__GDMAX 256 /* largest head dim (kx is DL__GBK x DL__GDMAX floats on the stack) */
@@ -653,72 +642,30 @@ static void gpv(float *const *acc, const float *corr, float p[4][DL__GBK], const
     }
 }
 
-/* Keys t0 .. t0+nb-1 as fp32 rows of kx: k̂ (kept in kh, NV vectors, advanced through
- * every position < lo) for sink <= t < lo, the exact key otherwise. */
-DL__AI void gkeys(const dl__dkeys *k, int t0, int nb, int lo, int dense, __m512 *kh,
-                  float *kx, const dl_fp16 **vtp, const int NV)
+/* Keys t0 .. t0+nb-1 of the dense baseline's fp16 cache as fp32 rows of kx. */
+DL__AI void gkeys(const dl__dkeys *k, int t0, int nb, float *kx, const int NV)
 {
     int d = k->d;
-    __m512 r[DL__GDMAX / 16];
-    for (int c = 0; c < DL__GDMAX / 16; c++) /* all: keeps -Wmaybe-uninitialized quiet */
-        r[c] = kh[c];
-    const dl_fp16 *vt = *vtp;
     for (int j = 0; j < nb; j++) {
-        int t = t0 + j;
+        const dl_fp16 *kd = k->kdense + (size_t)(t0 + j) * d;
         float *x = kx + (size_t)j * d;
-        if (t < lo) { /* advance k̂ through position t's packed row */
-            const uint8_t *m = k->h->mask + (size_t)t * k->mb;
-            #pragma GCC unroll 16
-            for (int c = 0; c < NV; c++) {
-                unsigned bits = (unsigned)m[2 * c] | (unsigned)m[2 * c + 1] << 8;
-                r[c] = _mm512_add_ps(r[c], _mm512_maskz_expand_ps(
-                    (__mmask16)bits, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vt))));
-                vt += __builtin_popcount(bits);
-            }
-            if (t >= k->sink) {
-                #pragma GCC unroll 16
-                for (int c = 0; c < NV; c++)
-                    _mm512_store_ps(x + 16 * c, r[c]);
-                continue;
-            }
-        }
-        if (dense) {
-            const dl_fp16 *kd = k->kdense + (size_t)t * d;
-            #pragma GCC unroll 16
-            for (int c = 0; c < NV; c++)
-                _mm512_store_ps(x + 16 * c, _mm512_cvtph_ps(
-                                                _mm256_loadu_si256((const __m256i *)(kd + 16 * c))));
-        } else {
-            const dl_fp16 *h16 = NULL;
-            const float *key = dl__exact_src(k, t, &h16);
-            #pragma GCC unroll 16
-            for (int c = 0; c < NV; c++)
-                _mm512_store_ps(x + 16 * c,
-                                key ? _mm512_loadu_ps(key + 16 * c)
-                                    : _mm512_cvtph_ps(_mm256_loadu_si256(
-                                          (const __m256i *)(h16 + 16 * c))));
-        }
+        #pragma GCC unroll 16
+        for (int c = 0; c < NV; c++)
+            _mm512_store_ps(x + 16 * c, _mm512_cvtph_ps(
+                                            _mm256_loadu_si256((const __m256i *)(kd + 16 * c))));
     }
-    #pragma GCC unroll 16
-    for (int c = 0; c < NV; c++)
-        kh[c] = r[c];
-    *vtp = vt;
 }
 
-static void attend_group_avx512(const dl__dunit *u, int dense)
+/* The dense baseline's decode units (bench): every key exact from the fp16 cache. */
+static void attend_group_dense(const dl__dunit *u)
 {
     const dl__dkeys *k = u->k;
     int d = k->d, nv = d / 16, rows = u->rows, tend = u->hi[0], n4 = (rows + 3) & ~3;
-    int lo = dense ? 0 : u->lo[0]; /* keys sink <= t < lo from k̂; lo == 0: all exact */
     float kx[DL__GBK * DL__GDMAX] __attribute__((aligned(64)));
     float s[4][DL__GBK] __attribute__((aligned(64)));
     float mx[DL__GROUP_ROWS], sum[DL__GROUP_ROWS];
     const float *q[DL__GROUP_ROWS];
     float *acc[DL__GROUP_ROWS];
-    __m512 kh[DL__GDMAX / 16];
-    const dl_fp16 *vt = k->h->val;
-    for (int c = 0; c < DL__GDMAX / 16; c++)
-        kh[c] = _mm512_setzero_ps();
     /* padding rows repeat row 0 into spare accumulators (acc has rs >= 16 rows) */
     for (int r = 0; r < n4; r++) {
         q[r] = u->Q + (size_t)(r < rows ? r : 0) * d;
@@ -728,24 +675,33 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
         mx[r] = -INFINITY;
         sum[r] = 0.0f;
     }
+    uint64_t score_ns = 0;
     for (int t0 = 0; t0 <= tend; t0 += DL__GBK) {
         int nb = tend + 1 - t0 < DL__GBK ? tend + 1 - t0 : DL__GBK;
-        switch (nv) { /* the k̂ registers need a compile-time count */
-        case 1: gkeys(k, t0, nb, lo, dense, kh, kx, &vt, 1); break;
-        case 2: gkeys(k, t0, nb, lo, dense, kh, kx, &vt, 2); break;
-        case 3: gkeys(k, t0, nb, lo, dense, kh, kx, &vt, 3); break;
-        case 4: gkeys(k, t0, nb, lo, dense, kh, kx, &vt, 4); break;
-        default: gkeys(k, t0, nb, lo, dense, kh, kx, &vt, nv); break;
+        uint64_t ts = dl__delta_timing ? dl__delta_now_ns() : 0;
+        switch (nv) {
+        case 1: gkeys(k, t0, nb, kx, 1); break;
+        case 2: gkeys(k, t0, nb, kx, 2); break;
+        case 3: gkeys(k, t0, nb, kx, 3); break;
+        case 4: gkeys(k, t0, nb, kx, 4); break;
+        default: gkeys(k, t0, nb, kx, nv); break;
         }
         const dl_fp16 *vb = k->h->v + (size_t)t0 * d;
         __mmask16 k0 = first_n(nb), k1 = first_n(nb - 16);
         for (int g = 0; g < n4; g += 4) {
+            if (g && dl__delta_timing)
+                ts = dl__delta_now_ns();
             switch (nv) {
             case 1: gscores4(q + g, kx, d, nb, s, 1); break;
             case 2: gscores4(q + g, kx, d, nb, s, 2); break;
             case 3: gscores4(q + g, kx, d, nb, s, 3); break;
             case 4: gscores4(q + g, kx, d, nb, s, 4); break;
             default: gscores4_any(q + g, kx, d, nb, s); break;
+            }
+            if (dl__delta_timing) {
+                uint64_t te = dl__delta_now_ns();
+                score_ns += te - ts;
+                ts = te;
             }
             float corr[4];
             for (int i = 0; i < 4; i++) {
@@ -765,10 +721,196 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
             gpv(acc + g, corr, s, vb, d, nb);
         }
     }
+    if (dl__delta_timing)
+        dl__delta_add_score_ns(score_ns);
     for (int r = 0; r < rows; r++) {
         __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
         for (int e = 0; e < d; e += 16)
             _mm512_storeu_ps(acc[r] + e, _mm512_mul_ps(_mm512_loadu_ps(acc[r] + e), inv));
+    }
+}
+
+/* 16-lane inclusive prefix sum. */
+DL__AI __m512 scan16(__m512 x)
+{
+    const __m512i z = _mm512_setzero_si512();
+    x = _mm512_add_ps(x, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(x), z, 15)));
+    x = _mm512_add_ps(x, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(x), z, 14)));
+    x = _mm512_add_ps(x, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(x), z, 12)));
+    x = _mm512_add_ps(x, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(x), z, 8)));
+    return x;
+}
+
+/* A[i] lane j = q[i] . Δk of position 16b + j, four rows, from completed block b. */
+DL__AI void eblock4(const uint16_t *em, const dl_fp16 *vp, const float *const *q, int d,
+                    __m512 *A)
+{
+    __m512 B[4];
+    for (int i = 0; i < 4; i++)
+        A[i] = B[i] = _mm512_setzero_ps();
+    for (int e = 0; e < d; e += 2) {
+        unsigned m0 = em[e], m1 = em[e + 1];
+        __m512 x0 = _mm512_maskz_expand_ps(
+            (__mmask16)m0, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vp)));
+        vp += __builtin_popcount(m0);
+        __m512 x1 = _mm512_maskz_expand_ps(
+            (__mmask16)m1, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vp)));
+        vp += __builtin_popcount(m1);
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            A[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][e]), x0, A[i]);
+            B[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][e + 1]), x1, B[i]);
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        A[i] = _mm512_add_ps(A[i], B[i]);
+}
+
+/* The same for the open block (row-major staging, npos positions): its deltas are laid
+ * out as element columns colT[e][16] first. */
+static void oblock4(const dl__dkeys *k, int b, int npos, const float *const *q, float *colT,
+                    __m512 *A)
+{
+    int d = k->d;
+    for (int e = 0; e < d; e++)
+        _mm512_store_ps(colT + 16 * e, _mm512_setzero_ps());
+    dl__drows cur;
+    dl__drows_init(&cur);
+    for (int j = 0; j < npos; j++) {
+        const uint8_t *m;
+        const dl_fp16 *v = dl__krow(&cur, k, b * DL__DBLK + j, &m);
+        for (int e = 0; e < d; e++)
+            if (m[e >> 3] >> (e & 7) & 1)
+                colT[16 * e + j] = dl_fp16_to_f32(*v++);
+    }
+    for (int i = 0; i < 4; i++) {
+        A[i] = _mm512_setzero_ps();
+        for (int e = 0; e < d; e++)
+            A[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][e]), _mm512_load_ps(colT + 16 * e), A[i]);
+    }
+}
+
+/* acc[i][c0 ..] = Σ_t p[i][t] V[t][c0 ..] for four rows over T keys, NVD chunks. */
+DL__AI void spv4(float *const *acc, const float *const *p, const dl_fp16 *v, int d, int T,
+                 int c0, const int NVD)
+{
+    __m512 a[4][4];
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        #pragma GCC unroll 4
+        for (int c = 0; c < NVD; c++)
+            a[i][c] = _mm512_setzero_ps();
+    const dl_fp16 *vt = v + c0;
+    for (int t = 0; t < T; t++, vt += d) {
+        __m512 x[4];
+        #pragma GCC unroll 4
+        for (int c = 0; c < NVD; c++)
+            x[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vt + 16 * c)));
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            __m512 pr = _mm512_set1_ps(p[i][t]);
+            #pragma GCC unroll 4
+            for (int c = 0; c < NVD; c++)
+                a[i][c] = _mm512_fmadd_ps(pr, x[c], a[i][c]);
+        }
+    }
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        #pragma GCC unroll 4
+        for (int c = 0; c < NVD; c++)
+            _mm512_storeu_ps(acc[i] + c0 + 16 * c, a[i][c]);
+}
+
+/* Delta decode units (see above): scores of all keys into st as rows x S, softmax, P.V. */
+static void attend_group_avx512(const dl__dunit *u, int dense)
+{
+    if (dense) {
+        attend_group_dense(u);
+        return;
+    }
+    const dl__dkeys *k = u->k;
+    const dl__dhead *h = k->h;
+    int d = k->d, nv = d / 16, rows = u->rows, n4 = (rows + 3) & ~3;
+    int T = u->hi[0] + 1, S = (T + 15) & ~15;
+    int lo = u->lo[0]; /* keys sink <= t < lo from k̂; lo == 0: all exact */
+    float colT[DL__GDMAX * 16] __attribute__((aligned(64)));
+    const float *q[DL__GROUP_ROWS];
+    float *acc[DL__GROUP_ROWS];
+    const float *p[DL__GROUP_ROWS];
+    float *sc = u->st; /* [n4][S] */
+    uint64_t t0 = dl__delta_timing ? dl__delta_now_ns() : 0;
+    /* padding rows repeat row 0 into spare rows of st and acc (rs >= 16 rows) */
+    for (int r = 0; r < n4; r++) {
+        q[r] = u->Q + (size_t)(r < rows ? r : 0) * d;
+        acc[r] = u->acc + (size_t)r * d;
+        p[r] = sc + (size_t)r * S;
+    }
+    /* delta scores of the blocks holding keys < lo */
+    int nbl = lo > 0 ? (lo + DL__DBLK - 1) / DL__DBLK : 0;
+    for (int g = 0; g < n4; g += 4) {
+        __m512 carry[4];
+        for (int i = 0; i < 4; i++)
+            carry[i] = _mm512_setzero_ps();
+        for (int b = 0; b < nbl; b++) {
+            __m512 A[4];
+            if (b < k->nfull)
+                eblock4(h->emask + (size_t)b * d, h->val + h->blk[b], q + g, d, A);
+            else
+                oblock4(k, b, T - b * DL__DBLK < DL__DBLK ? T - b * DL__DBLK : DL__DBLK, q + g,
+                        colT, A);
+            for (int i = 0; i < 4; i++) {
+                __m512 x = _mm512_add_ps(scan16(A[i]), carry[i]);
+                _mm512_storeu_ps(sc + (size_t)(g + i) * S + (size_t)b * DL__DBLK, x);
+                carry[i] = _mm512_permutexvar_ps(_mm512_set1_epi32(15), x);
+            }
+        }
+    }
+    /* exact scores: below sink, and from lo (everything when lo == 0) */
+    int sink = k->sink < T ? k->sink : T;
+    int ranges[2][2] = { { 0, lo > 0 ? sink : T }, { lo > 0 ? lo : T, T } };
+    for (int i = 0; i < 2; i++)
+        for (int t = ranges[i][0]; t < ranges[i][1]; t++) {
+            __m512 x[DL__GDMAX / 16];
+            load_exact(k, t, x);
+            for (int r = 0; r < n4; r++)
+                sc[(size_t)r * S + t] = dot_rows(q[r], x, nv);
+        }
+    if (dl__delta_timing)
+        dl__delta_add_score_ns(dl__delta_now_ns() - t0);
+    /* softmax per row */
+    float inv[DL__GROUP_ROWS];
+    for (int r = 0; r < n4; r++) {
+        float *x = sc + (size_t)r * S;
+        __m512 m = _mm512_set1_ps(-INFINITY);
+        for (int t = 0; t < T; t += 16)
+            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, first_n(T - t), x + t));
+        __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+        __m512 sum = _mm512_setzero_ps();
+        for (int t = 0; t < T; t += 16) {
+            __mmask16 lm = first_n(T - t);
+            __m512 e = _mm512_maskz_mov_ps(lm, exp_neg(_mm512_sub_ps(
+                                                   _mm512_maskz_loadu_ps(lm, x + t), vm)));
+            _mm512_storeu_ps(x + t, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
+    }
+    /* P.V, four rows at a time, V streamed once per 64 columns */
+    for (int g = 0; g < n4; g += 4) {
+        int c0 = 0;
+        for (; c0 + 64 <= d; c0 += 64)
+            spv4(acc + g, p + g, h->v, d, T, c0, 4);
+        switch ((d - c0) / 16) {
+        case 3: spv4(acc + g, p + g, h->v, d, T, c0, 3); break;
+        case 2: spv4(acc + g, p + g, h->v, d, T, c0, 2); break;
+        case 1: spv4(acc + g, p + g, h->v, d, T, c0, 1); break;
+        default: break;
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        __m512 vi = _mm512_set1_ps(inv[r]);
+        for (int e = 0; e < d; e += 16)
+            _mm512_storeu_ps(acc[r] + e, _mm512_mul_ps(_mm512_loadu_ps(acc[r] + e), vi));
     }
 }
 
@@ -849,6 +991,55 @@ DL__AI void wpv4(float *acc, const float *corr, const float *p, int rs, const fl
             _mm512_storeu_ps(acc + (size_t)i * d + c0 + 16 * c, a[i][c]);
 }
 
+/* 16 x 16 transpose in registers: r[i] row i in, r[j] column j out. */
+DL__AI void transpose16(__m512 *r)
+{
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* then r[4a + i], 128-bit lane k = rows 4a .. 4a+3 of column 4k + i */
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512 s0 = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
+        __m512 s1 = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xDD);
+        __m512 s2 = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
+        __m512 s3 = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xDD);
+        t[i] = _mm512_shuffle_f32x4(s0, s2, 0x88);
+        t[4 + i] = _mm512_shuffle_f32x4(s1, s3, 0x88);
+        t[8 + i] = _mm512_shuffle_f32x4(s0, s2, 0xDD);
+        t[12 + i] = _mm512_shuffle_f32x4(s1, s3, 0xDD);
+    }
+    for (int i = 0; i < 16; i++)
+        r[i] = t[i];
+}
+
+/* Completed block b as 16 fp32 rows tile[j][d] (zeros where nothing is stored). */
+static void block_tile(const dl__dkeys *k, int b, float *tile)
+{
+    int d = k->d;
+    const uint16_t *em = k->h->emask + (size_t)b * d;
+    const dl_fp16 *vp = k->h->val + k->h->blk[b];
+    for (int c = 0; c < d; c += 16) {
+        __m512 r[16];
+        for (int i = 0; i < 16; i++) {
+            unsigned m = em[c + i];
+            r[i] = _mm512_maskz_expand_ps(
+                (__mmask16)m, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vp)));
+            vp += __builtin_popcount(m);
+        }
+        transpose16(r);
+        for (int j = 0; j < 16; j++)
+            _mm512_store_ps(tile + (size_t)j * d + c, r[j]);
+    }
+}
+
 static void attend_wide_avx512(const dl__dunit *u, int dense)
 {
     const dl__dkeys *k = u->k;
@@ -863,7 +1054,10 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
     float sum[DL__WROWS] __attribute__((aligned(64)));
     float corr[DL__WROWS] __attribute__((aligned(64)));
     float kbuf[DL__GDMAX] __attribute__((aligned(64)));
-    const dl_fp16 *vt = k->h->val;
+    float tile[DL__DBLK * DL__GDMAX] __attribute__((aligned(64)));
+    int tile_b = -1;
+    dl__drows cur;
+    dl__drows_init(&cur);
     int rc = 0, rf = dense ? rows : 0;
     for (int r = 0; r < rs; r++) {
         u->r[r] = 0;
@@ -876,8 +1070,10 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
     const __m512i iota = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(rs));
+    uint64_t score_ns = 0;
     for (int t0 = 0; t0 <= tend; t0 += DL__GBK) {
         int nb = tend + 1 - t0 < DL__GBK ? tend + 1 - t0 : DL__GBK;
+        uint64_t ts = dl__delta_timing ? dl__delta_now_ns() : 0;
         /* row ranges per key, and the block's packed deltas decoded */
         int pos = 0;
         for (int j = 0; j < nb; j++) {
@@ -890,8 +1086,25 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
             rfa[j] = rf;
             rca[j] = rc;
             kst[j] = pos;
-            if (rf < rows) {
-                const uint8_t *m = k->h->mask + (size_t)t * k->mb;
+            if (rf < rows && t / DL__DBLK < k->nfull) { /* element-major block */
+                if (tile_b != t / DL__DBLK) {
+                    tile_b = t / DL__DBLK;
+                    block_tile(k, tile_b, tile);
+                }
+                const float *row = tile + (size_t)(t % DL__DBLK) * d;
+                for (int c = 0; c < d; c += 16) {
+                    __m512 x = _mm512_load_ps(row + c);
+                    __mmask16 bits = _mm512_cmpneq_ps_mask(x, _mm512_setzero_ps());
+                    if (!bits)
+                        continue;
+                    _mm512_storeu_ps(val + pos, _mm512_maskz_compress_ps(bits, x));
+                    _mm512_storeu_si512(off + pos, _mm512_maskz_compress_epi32(
+                        bits, _mm512_add_epi32(iota, _mm512_set1_epi32(c * rs))));
+                    pos += __builtin_popcount(bits);
+                }
+            } else if (rf < rows) { /* the open block, rows as stored */
+                const uint8_t *m;
+                const dl_fp16 *vt = dl__krow(&cur, k, t, &m);
                 for (int c = 0; c < d; c += 16) {
                     unsigned bits = (unsigned)m[c >> 3] | (unsigned)m[(c >> 3) + 1] << 8;
                     if (!bits)
@@ -932,6 +1145,8 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
             if (jrc > 0)
                 fill_rows(s, -INFINITY, 0, jrc);
         }
+        if (dl__delta_timing)
+            score_ns += dl__delta_now_ns() - ts;
         /* online softmax, vectorised over rows; p replaces the scores (0 outside rows) */
         for (int jv = 0; jv < nvr; jv++) {
             __mmask16 lm = lanes(jv, 0, rows);
@@ -976,6 +1191,8 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
             }
         }
     }
+    if (dl__delta_timing)
+        dl__delta_add_score_ns(score_ns);
     for (int r = 0; r < rows; r++) {
         __m512 inv = _mm512_set1_ps(1.0f / sum[r]);
         for (int e = 0; e < d; e += 16)

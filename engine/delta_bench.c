@@ -2,10 +2,11 @@
  *
  * The dense baseline runs the same unit/softmax/P.V code as delta attention with every
  * key exact from an fp16 K cache (dl__delta_dense_attention), so that the difference is
- * the score product and the K bytes; the score product alone is timed in separate runs
- * of the split kernels (dl__delta_time_scores), the end-to-end times with it off. attention.c's dense attention (dl_attn_dense: what a sequence
- * without delta attention runs) is timed too, prefill and decode — the end-to-end
- * comparison that matters to users.
+ * the score product and the K bytes; the score product alone is the score phase of the
+ * fused kernels, timed inside them (dl__delta_time_scores) in separate runs, the
+ * end-to-end times with it off. attention.c's dense attention (dl_attn_dense: what a
+ * sequence without delta attention runs) is timed too, prefill and decode — the
+ * end-to-end comparison that matters to users.
  */
 #include "delta_bench.h"
 
@@ -108,8 +109,8 @@ static int run(const dl_delta_bench_config *cfg, bench_buf *b, dl_pool *pool,
         if (!c)
             return -ENOMEM;
         dl_delta_attention(c, NULL, pool, 0, nh, b->q, b->k, b->v, 1, 1, b->o); /* scratch */
-        /* the score product alone: a run of the split kernels (the fused prefill kernel
-         * does scores, softmax and P.V block by block), end to end timed separately */
+        /* the score product alone: the fused kernels time their score phase while this
+         * is on; end to end is timed separately */
         dl_delta_cache_truncate(c, 0);
         dl__delta_time_scores(1);
         dl_delta_attention(c, NULL, pool, 0, nh, b->q, b->k, b->v, T, 1, b->o);
@@ -173,7 +174,7 @@ static int run(const dl_delta_bench_config *cfg, bench_buf *b, dl_pool *pool,
         }
         t1 = now_s();
         r->decode_engine_dense_us = fmin(r->decode_engine_dense_us, (t1 - t0) * 1e6 / L);
-        /* the score product alone: timing it runs the split (unfused) kernels */
+        /* the score product alone (timed inside the fused kernels) */
         dl__delta_time_scores(1);
         for (int l = 0; l < L; l++)
             dl_delta_attention(b->dc[l], NULL, pool, 0, nh, q1, k1, v1, 1, 0, b->o);

@@ -34,9 +34,9 @@ typedef struct dl_delta_bench_result {
     double decode_dense_us, decode_delta_us;     /* per layer, one token */
     double decode_engine_dense_us;               /* attention.c's dl_attn_dense, per layer */
     double prefill_engine_dense_ms;              /* dl_kv_store + dl_attn_dense, T queries */
-    /* the score product alone (q.k for every key vs the delta accumulation); prefill: the
-     * same runs; decode: separate runs of the split kernels (the fused ones have no
-     * separate score step) */
+    /* the score product alone (q.k for every key vs the delta accumulation): the score
+     * phase of the fused kernels, timed inside them (dl__delta_time_scores) in runs of
+     * their own */
     double prefill_dense_scores_ms, prefill_delta_scores_ms;
     double decode_dense_scores_us, decode_delta_scores_us;
     uint64_t k_bytes, k_dense_bytes, v_bytes;    /* one layer at ctx tokens */

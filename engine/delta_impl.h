@@ -2,14 +2,23 @@
  *
  * Per layer and KV head (a "head store"):
  *   ref   [d] fp32          reference state r_t after the last appended position
- *   mask  [n_ctx][mb] bits  bit e of position t set = element e of Δk_t is stored
- *   blk   [n_ctx / 16 + 1]  blk[b] = index in val of position 16b's first stored value
- *                           (the count stored before it); inside a block of 16 positions
- *                           the offset is blk plus the popcounts of the earlier masks —
- *                           0.25 bytes per position instead of a 4-byte offset each, and
- *                           the kernels, which sweep positions in order, just advance a
- *                           pointer by each mask's popcount
- *   val   fp16              the stored (nonzero) deltas, position after position
+ *   The delta stream, in blocks of 16 positions (DL__DBLK):
+ *   emask [n_ctx / 16][d]   completed blocks, element-major: bit j of emask[b][e] set =
+ *                           element e of Δk at position 16b + j is stored
+ *   val   fp16              the stored (nonzero) deltas of completed blocks, block after
+ *                           block; inside a block element-major (element e's values for
+ *                           positions j = 0..15 in order, then element e + 1's)
+ *   blk   [n_ctx / 16 + 1]  blk[b] = index in val of block b's first value
+ *   smask [16][mb] bits     the open (last, incomplete) block, row-major: bit e of row j
+ *   sval  [16 d] fp16         = element e of position 16b + j is stored; its values
+ *                             position after position (row-major packed). When the 16th
+ *                             position arrives the block is transposed into emask / val.
+ *   Why element-major: a decode step scores all query heads of a group against 16 keys
+ *   at once as q_h[e] x (element e of the 16 deltas, one vector) — no horizontal sums —
+ *   and the running sum along the keys becomes a 16-lane prefix scan of scores (the
+ *   score of k̂ is linear in the deltas). Same bytes as a per-position mask. Kernels that
+ *   sweep positions one at a time read the stream through dl__drows, which converts one
+ *   completed block at a time back to rows.
  *   ring  [ring_cap][d]     exact keys (fp16, as the dense cache stores them) of the last
  *                           ring_cap positions, slot t % ring_cap
  *   sinkk [sink][d]         exact fp16 keys of the first `sink` positions
@@ -34,13 +43,100 @@
 
 typedef struct dl__dhead {
     float *ref;
-    uint8_t *mask;
+    uint16_t *emask;
     uint32_t *blk;
     dl_fp16 *val;
+    uint8_t *smask;
+    dl_fp16 *sval;
+    int scnt; /* values in sval */
     dl_fp16 *ring;
     dl_fp16 *sinkk;
     dl_fp16 *v;
 } dl__dhead;
+
+#define DL__DBLK 16   /* positions per block of the delta stream */
+#define DL__DHMAX 512 /* largest head dim of a delta cache */
+
+/* Number of values stored before position t (= where t's values start, counting the
+ * stream as if it were position-major); nfull = completed blocks. */
+static inline uint32_t dl__delta_off(const dl__dhead *h, int d, int mb, int nfull, int t)
+{
+    int b = t / DL__DBLK, j = t % DL__DBLK;
+    uint32_t o = h->blk[b];
+    if (!j)
+        return o;
+    if (b < nfull) {
+        const uint16_t *em = h->emask + (size_t)b * d;
+        unsigned below = (1u << j) - 1;
+        for (int e = 0; e < d; e++)
+            o += (uint32_t)__builtin_popcount(em[e] & below);
+    } else {
+        for (int i = 0; i < j * mb; i++)
+            o += (uint32_t)__builtin_popcount(h->smask[i]);
+    }
+    return o;
+}
+
+/* Completed block b back to rows: mrow [16][mb] masks, vrow the values row after row.
+ * Returns the number of values. */
+static inline int dl__dblock_rows(const dl__dhead *h, int d, int mb, int b, uint8_t *mrow,
+                                  dl_fp16 *vrow)
+{
+    const uint16_t *em = h->emask + (size_t)b * d;
+    const dl_fp16 *v = h->val + h->blk[b];
+    int at[DL__DBLK + 1] = { 0 };
+    for (int e = 0; e < d; e++)
+        for (unsigned x = em[e]; x; x &= x - 1)
+            at[__builtin_ctz(x) + 1]++;
+    for (int j = 0; j < DL__DBLK; j++)
+        at[j + 1] += at[j];
+    int total = at[DL__DBLK];
+    __builtin_memset(mrow, 0, (size_t)DL__DBLK * mb);
+    for (int e = 0; e < d; e++)
+        for (unsigned x = em[e]; x; x &= x - 1) {
+            int j = __builtin_ctz(x);
+            vrow[at[j]++] = *v++;
+            mrow[j * mb + (e >> 3)] |= (uint8_t)(1u << (e & 7));
+        }
+    return total;
+}
+
+/* Reads the delta stream position by position as rows (a mask of mb bytes, then the
+ * position's stored values in element order), whatever the layout of its block. Any
+ * order of positions works; forward within a block is cheapest. */
+typedef struct dl__drows {
+    int b;               /* block held, -1: none */
+    int tn;              /* position whose values vp points at */
+    const uint8_t *mrow; /* [16][mb] masks of block b */
+    const dl_fp16 *vp;
+    uint8_t mbuf[DL__DBLK * DL__DHMAX / 8];
+    dl_fp16 vbuf[DL__DBLK * DL__DHMAX + 64]; /* +64: vector loads may read past the end */
+} dl__drows;
+
+static inline void dl__drows_init(dl__drows *c) { c->b = -1; }
+
+/* Position t's first value; *m = its mask. */
+static inline const dl_fp16 *dl__drow(dl__drows *c, const dl__dhead *h, int d, int mb,
+                                      int nfull, int t, const uint8_t **m)
+{
+    int b = t / DL__DBLK;
+    if (b != c->b || t < c->tn) {
+        if (b != c->b && b < nfull) {
+            dl__dblock_rows(h, d, mb, b, c->mbuf, c->vbuf);
+            c->mrow = c->mbuf;
+        } else if (b != c->b) {
+            c->mrow = h->smask;
+        }
+        c->vp = b < nfull ? c->vbuf : h->sval;
+        c->b = b;
+        c->tn = b * DL__DBLK;
+    }
+    for (; c->tn < t; c->tn++)
+        for (int i = 0; i < mb; i++)
+            c->vp += __builtin_popcount(c->mrow[(c->tn % DL__DBLK) * mb + i]);
+    *m = c->mrow + (t % DL__DBLK) * mb;
+    return c->vp;
+}
 
 /* Where a unit's exact keys come from, and its delta stream. */
 typedef struct dl__dkeys {
@@ -49,11 +145,18 @@ typedef struct dl__dkeys {
     int sink;           /* positions < sink: exact from sinkk */
     int p0;             /* first position of this call; >= p0: from kin */
     int ring_cap;       /* older exact keys: ring slot t % ring_cap */
+    int nfull;          /* completed (element-major) blocks of the delta stream */
     int kstride;        /* floats between consecutive positions in kin */
     const float *kin;   /* keys of this call for this KV head (row t - p0) */
     const dl__dhead *h; /* the head store (delta stream, ring, sink, V) */
     const dl_fp16 *kdense; /* dense-baseline only: fp16 keys [t][d], else NULL */
 } dl__dkeys;
+
+static inline const dl_fp16 *dl__krow(dl__drows *c, const dl__dkeys *k, int t,
+                                      const uint8_t **m)
+{
+    return dl__drow(c, k->h, k->d, k->mb, k->nfull, t, m);
+}
 
 /* One unit of attention work.
  *   Qt  [d][rs] queries (pre-scaled by 1/sqrt(d)) transposed: row r is column r
@@ -95,18 +198,6 @@ typedef struct dl__dops {
 extern const dl__dops dl__dops_scalar;
 extern const dl__dops dl__dops_avx2;
 extern const dl__dops dl__dops_avx512;
-
-#define DL__DBLK 16 /* positions per stored offset */
-
-/* Number of values stored before position t (= index of t's first value in val). */
-static inline uint32_t dl__delta_off(const dl__dhead *h, int mb, int t)
-{
-    uint32_t o = h->blk[t / DL__DBLK];
-    for (int u = t - t % DL__DBLK; u < t; u++)
-        for (int i = 0; i < mb; i++)
-            o += (uint32_t)__builtin_popcount(h->mask[(size_t)u * mb + i]);
-    return o;
-}
 
 /* Where the exact key of position t lives: this call's fp32 key (returned), or the fp16
  * sink / ring key (NULL returned, *h16 set). */
@@ -164,6 +255,12 @@ double dl__delta_oracle_err(void);
  * resets the sum. Not for concurrent caches. */
 void dl__delta_time_scores(int on);
 uint64_t dl__delta_score_ns(void);
+
+/* Kernels that time their own score phase (the fused decode kernel) add to the bench's
+ * sum while dl__delta_timing is set (dl__delta_time_scores). */
+extern int dl__delta_timing;
+uint64_t dl__delta_now_ns(void);
+void dl__delta_add_score_ns(uint64_t ns);
 
 /* The kernels in use for head dim d (AVX-512 needs d % 16 == 0, AVX2 d % 8 == 0). */
 const dl__dops *dl__delta_ops(int d);

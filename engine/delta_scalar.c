@@ -27,17 +27,16 @@ static void scores_scalar(const dl__dunit *u)
     const dl__dkeys *k = u->k;
     int d = k->d, rs = u->rs, rows = u->rows, tend = u->hi[rows - 1];
     int rc = 0, rf = 0;
-    const dl_fp16 *vt = k->h->val; /* position t's first stored value */
+    dl__drows cur;
+    dl__drows_init(&cur);
     for (int r = 0; r < rs; r++)
         u->r[r] = 0;
     for (int t = 0; t <= tend; t++) {
         ranges_at(u, t, &rc, &rf);
         float *s = u->st + (size_t)t * rs;
-        const uint8_t *m = k->h->mask + (size_t)t * k->mb;
-        const dl_fp16 *v = vt;
-        for (int i = 0; i < k->mb; i++)
-            vt += __builtin_popcount(m[i]);
         if (rf < rows) { /* R += q.Δk_t for the rows below their boundary */
+            const uint8_t *m;
+            const dl_fp16 *v = dl__krow(&cur, k, t, &m);
             for (int e = 0; e < d; e++) {
                 if (!(m[e >> 3] >> (e & 7) & 1))
                     continue;

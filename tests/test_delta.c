@@ -381,7 +381,7 @@ END_TEST
  * decode depths that cross block boundaries (37 + 45 steps -> keys 37 .. 81). */
 START_TEST(test_decode_shapes)
 {
-    static const int dims[] = { 16, 48, 64, 80, 96 };
+    static const int dims[] = { 16, 48, 64, 80, 96, 128 };
     static const int groups[] = { 1, 3, 4, 16, 17 };
     for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
         if (!isa_available(isas[ii]))
@@ -434,17 +434,26 @@ START_TEST(test_theta_zero_dense)
 }
 END_TEST
 
-/* Sum of the stored deltas of head h up to position n, in the encoder's order. */
+/* Sum of the stored deltas of head h of a cache of n positions, in the encoder's order
+ * (each element over the positions in order), read straight from the layout of
+ * delta_impl.h: completed blocks element-major, the open block row-major. */
 static void sum_deltas(const dl__dhead *h, int d, int n, float *out)
 {
-    int mb = (d + 7) / 8;
+    int mb = (d + 7) / 8, nfull = n / DL__DBLK;
     memset(out, 0, (size_t)d * sizeof(float));
-    for (int t = 0; t < n; t++) {
-        const dl_fp16 *v = h->val + dl__delta_off(h, mb, t);
+    const dl_fp16 *v = h->val;
+    for (int b = 0; b < nfull; b++)
         for (int e = 0; e < d; e++)
-            if (h->mask[(size_t)t * mb + e / 8] >> (e % 8) & 1)
+            for (int j = 0; j < DL__DBLK; j++)
+                if (h->emask[(size_t)b * d + e] >> j & 1)
+                    out[e] += dl_fp16_to_f32(*v++);
+    ck_assert_ptr_eq(v, h->val + h->blk[nfull]);
+    v = h->sval;
+    for (int j = 0; j < n % DL__DBLK; j++)
+        for (int e = 0; e < d; e++)
+            if (h->smask[(size_t)j * mb + e / 8] >> (e % 8) & 1)
                 out[e] += dl_fp16_to_f32(*v++);
-    }
+    ck_assert_int_eq((int)(v - h->sval), h->scnt);
 }
 
 /* Acceptance 2: prefill, then 100 decode steps; reference == sum of stored deltas bit for
@@ -480,7 +489,7 @@ START_TEST(test_closed_loop)
             for (int e = 0; e < d; e++)
                 ck_assert_msg(fabsf(kh[e] - k[e]) * w[e] <= dp.theta + 1e-3f * (1 + fabsf(k[e])),
                               "t %d e %d: |%g - %g| > theta", t, e, kh[e], k[e]);
-            stored = dl__delta_off(h, (d + 7) / 8, t);
+            stored = dl__delta_off(h, d, (d + 7) / 8, t / DL__DBLK, t);
         }
         if (t < 150)
             ck_assert_int_eq(dl_delta_attention(c, NULL, NULL, 0, nh, pq(&p, 0, t), pk(&p, 0, t),
@@ -491,7 +500,7 @@ START_TEST(test_closed_loop)
     const dl_delta_stats *st = dl_delta_cache_stats(c);
     uint64_t nz = 0;
     for (int g = 0; g < n_kv; g++)
-        nz += dl__delta_off(dl__delta_head(c, 0, g), (d + 7) / 8, 150);
+        nz += dl__delta_off(dl__delta_head(c, 0, g), d, (d + 7) / 8, 150 / DL__DBLK, 150);
     ck_assert_uint_eq(st->stage[0].delta_elems + st->stage[1].delta_elems, 150ull * d * n_kv);
     ck_assert_uint_eq(st->stage[0].delta_zeros + st->stage[1].delta_zeros,
                       150ull * d * n_kv - nz);
