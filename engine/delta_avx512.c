@@ -741,29 +741,48 @@ DL__AI __m512 scan16(__m512 x)
     return x;
 }
 
+/* 16 stored deltas from vp as fp32; 8-bit (E4M3) ones come out / 256 (delta_impl.h). */
+DL__AI __m512 dvals16(const uint8_t *vp, const int VB)
+{
+    if (VB == 2)
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vp));
+    __m256i x = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)vp));
+    x = _mm256_and_si256(_mm256_slli_epi16(x, 7), _mm256_set1_epi16((short)0xBFFF));
+    return _mm512_cvtph_ps(x);
+}
+
 /* A[i] lane j = q[i] . Δk of position 16b + j, four rows, from completed block b. */
-DL__AI void eblock4(const uint16_t *em, const dl_fp16 *vp, const float *const *q, int d,
-                    __m512 *A)
+DL__AI void eblock4v(const uint16_t *em, const uint8_t *vp, const float *const *q, int d,
+                     __m512 *A, const int VB)
 {
     __m512 B[4];
     for (int i = 0; i < 4; i++)
         A[i] = B[i] = _mm512_setzero_ps();
     for (int e = 0; e < d; e += 2) {
         unsigned m0 = em[e], m1 = em[e + 1];
-        __m512 x0 = _mm512_maskz_expand_ps(
-            (__mmask16)m0, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vp)));
-        vp += __builtin_popcount(m0);
-        __m512 x1 = _mm512_maskz_expand_ps(
-            (__mmask16)m1, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vp)));
-        vp += __builtin_popcount(m1);
+        __m512 x0 = _mm512_maskz_expand_ps((__mmask16)m0, dvals16(vp, VB));
+        vp += VB * __builtin_popcount(m0);
+        __m512 x1 = _mm512_maskz_expand_ps((__mmask16)m1, dvals16(vp, VB));
+        vp += VB * __builtin_popcount(m1);
         #pragma GCC unroll 4
         for (int i = 0; i < 4; i++) {
             A[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][e]), x0, A[i]);
             B[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][e + 1]), x1, B[i]);
         }
     }
+    __m512 sc = _mm512_set1_ps(VB == 1 ? 256.0f : 1.0f);
     for (int i = 0; i < 4; i++)
-        A[i] = _mm512_add_ps(A[i], B[i]);
+        A[i] = VB == 1 ? _mm512_mul_ps(_mm512_add_ps(A[i], B[i]), sc) : _mm512_add_ps(A[i], B[i]);
+}
+
+static void eblock4(const dl__dhead *h, int b, const float *const *q, int d, __m512 *A)
+{
+    const uint16_t *em = h->emask + (size_t)b * d;
+    const uint8_t *vp = h->val + (size_t)h->blk[b] * h->vb;
+    if (h->vb == 1)
+        eblock4v(em, vp, q, d, A, 1);
+    else
+        eblock4v(em, vp, q, d, A, 2);
 }
 
 /* The same for the open block (row-major staging, npos positions): its deltas are laid
@@ -790,18 +809,21 @@ static void oblock4(const dl__dkeys *k, int b, int npos, const float *const *q, 
     }
 }
 
-/* acc[i][c0 ..] = Σ_t p[i][t] V[t][c0 ..] for four rows over T keys, NVD chunks. */
-DL__AI void spv4(float *const *acc, const float *const *p, const dl_fp16 *v, int d, int T,
-                 int c0, const int NVD)
+/* acc[i][c0 ..] = acc[i][c0 ..] * corr[i] + Σ_t p[i][t] V[t][c0 ..] for four rows over
+ * keys t = 0 .. n-1 of v, NVD chunks. */
+DL__AI void spv4(float *const *acc, const float *corr, const float *const *p,
+                 const dl_fp16 *v, int d, int n, int c0, const int NVD)
 {
     __m512 a[4][4];
     #pragma GCC unroll 4
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 4; i++) {
+        __m512 vc = _mm512_set1_ps(corr[i]);
         #pragma GCC unroll 4
         for (int c = 0; c < NVD; c++)
-            a[i][c] = _mm512_setzero_ps();
+            a[i][c] = _mm512_mul_ps(_mm512_loadu_ps(acc[i] + c0 + 16 * c), vc);
+    }
     const dl_fp16 *vt = v + c0;
-    for (int t = 0; t < T; t++, vt += d) {
+    for (int t = 0; t < n; t++, vt += d) {
         __m512 x[4];
         #pragma GCC unroll 4
         for (int c = 0; c < NVD; c++)
@@ -821,7 +843,13 @@ DL__AI void spv4(float *const *acc, const float *const *p, const dl_fp16 *v, int
             _mm512_storeu_ps(acc[i] + c0 + 16 * c, a[i][c]);
 }
 
-/* Delta decode units (see above): scores of all keys into st as rows x S, softmax, P.V. */
+#define DL__GCH 512 /* keys per chunk of the delta decode kernel */
+
+/* Delta decode units (see above), in chunks of DL__GCH keys so that the compute-heavy
+ * score phase of one chunk and the memory-heavy P.V of the next overlap: per chunk, the
+ * delta scores of its blocks (16 keys per vector, prefix scan plus the carry), the exact
+ * scores of its window / sink keys, then an online softmax step and P.V from its V rows
+ * (prefetched towards L2 while the scores are computed). */
 static void attend_group_avx512(const dl__dunit *u, int dense)
 {
     if (dense) {
@@ -831,84 +859,101 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
     const dl__dkeys *k = u->k;
     const dl__dhead *h = k->h;
     int d = k->d, nv = d / 16, rows = u->rows, n4 = (rows + 3) & ~3;
-    int T = u->hi[0] + 1, S = (T + 15) & ~15;
+    int T = u->hi[0] + 1;
     int lo = u->lo[0]; /* keys sink <= t < lo from k̂; lo == 0: all exact */
+    int sink = k->sink < T ? k->sink : T;
     float colT[DL__GDMAX * 16] __attribute__((aligned(64)));
-    const float *q[DL__GROUP_ROWS];
+    float sc[DL__GROUP_ROWS * DL__GCH] __attribute__((aligned(64)));
+    const float *q[DL__GROUP_ROWS], *p[DL__GROUP_ROWS];
     float *acc[DL__GROUP_ROWS];
-    const float *p[DL__GROUP_ROWS];
-    float *sc = u->st; /* [n4][S] */
-    uint64_t t0 = dl__delta_timing ? dl__delta_now_ns() : 0;
-    /* padding rows repeat row 0 into spare rows of st and acc (rs >= 16 rows) */
+    float mx[DL__GROUP_ROWS], sum[DL__GROUP_ROWS], corr[DL__GROUP_ROWS];
+    __m512 carry[DL__GROUP_ROWS];
+    /* padding rows repeat row 0 into spare rows (acc has rs >= 16 rows) */
     for (int r = 0; r < n4; r++) {
         q[r] = u->Q + (size_t)(r < rows ? r : 0) * d;
         acc[r] = u->acc + (size_t)r * d;
-        p[r] = sc + (size_t)r * S;
+        p[r] = sc + (size_t)r * DL__GCH;
+        for (int e = 0; e < d; e += 16)
+            _mm512_storeu_ps(acc[r] + e, _mm512_setzero_ps());
+        mx[r] = -INFINITY;
+        sum[r] = 0;
+        carry[r] = _mm512_setzero_ps();
     }
-    /* delta scores of the blocks holding keys < lo */
-    int nbl = lo > 0 ? (lo + DL__DBLK - 1) / DL__DBLK : 0;
-    for (int g = 0; g < n4; g += 4) {
-        __m512 carry[4];
-        for (int i = 0; i < 4; i++)
-            carry[i] = _mm512_setzero_ps();
-        for (int b = 0; b < nbl; b++) {
-            __m512 A[4];
-            if (b < k->nfull)
-                eblock4(h->emask + (size_t)b * d, h->val + h->blk[b], q + g, d, A);
-            else
-                oblock4(k, b, T - b * DL__DBLK < DL__DBLK ? T - b * DL__DBLK : DL__DBLK, q + g,
-                        colT, A);
-            for (int i = 0; i < 4; i++) {
-                __m512 x = _mm512_add_ps(scan16(A[i]), carry[i]);
-                _mm512_storeu_ps(sc + (size_t)(g + i) * S + (size_t)b * DL__DBLK, x);
-                carry[i] = _mm512_permutexvar_ps(_mm512_set1_epi32(15), x);
+    uint64_t score_ns = 0;
+    for (int c0 = 0; c0 < T; c0 += DL__GCH) {
+        int c1 = T - c0 < DL__GCH ? T : c0 + DL__GCH, n = c1 - c0;
+        uint64_t ts = dl__delta_timing ? dl__delta_now_ns() : 0;
+        /* delta scores of the chunk's blocks that hold keys < lo */
+        int bend = lo > c0 ? ((lo < c1 ? lo : c1) + DL__DBLK - 1) / DL__DBLK : 0;
+        for (int b = c0 / DL__DBLK; b < bend; b++) {
+            const char *vb = (const char *)(h->v + (size_t)b * DL__DBLK * d);
+            for (int l = 0; l < DL__DBLK * d * 2; l += 64) /* V of these keys, for P.V */
+                _mm_prefetch(vb + l, _MM_HINT_T1);
+            for (int g = 0; g < n4; g += 4) {
+                __m512 A[4];
+                if (b < k->nfull)
+                    eblock4(h, b, q + g, d, A);
+                else
+                    oblock4(k, b, T - b * DL__DBLK < DL__DBLK ? T - b * DL__DBLK : DL__DBLK,
+                            q + g, colT, A);
+                for (int i = 0; i < 4; i++) {
+                    __m512 x = _mm512_add_ps(scan16(A[i]), carry[g + i]);
+                    _mm512_store_ps(sc + (size_t)(g + i) * DL__GCH + (b * DL__DBLK - c0), x);
+                    carry[g + i] = _mm512_permutexvar_ps(_mm512_set1_epi32(15), x);
+                }
+            }
+        }
+        /* exact scores: below sink, and from lo (everything when lo == 0) */
+        int ranges[2][2] = { { 0, lo > 0 ? sink : T }, { lo > 0 ? lo : T, T } };
+        for (int i = 0; i < 2; i++) {
+            int a0 = ranges[i][0] > c0 ? ranges[i][0] : c0;
+            int a1 = ranges[i][1] < c1 ? ranges[i][1] : c1;
+            for (int t = a0; t < a1; t++) {
+                __m512 x[DL__GDMAX / 16];
+                load_exact(k, t, x);
+                for (int r = 0; r < n4; r++)
+                    sc[(size_t)r * DL__GCH + (t - c0)] = dot_rows(q[r], x, nv);
+            }
+        }
+        if (dl__delta_timing)
+            score_ns += dl__delta_now_ns() - ts;
+        /* online softmax step per row */
+        for (int r = 0; r < n4; r++) {
+            float *x = sc + (size_t)r * DL__GCH;
+            __m512 m = _mm512_set1_ps(-INFINITY);
+            for (int t = 0; t < n; t += 16)
+                m = _mm512_max_ps(m, _mm512_mask_load_ps(m, first_n(n - t), x + t));
+            float bm = _mm512_reduce_max_ps(m), nm = bm > mx[r] ? bm : mx[r];
+            corr[r] = expf(mx[r] - nm); /* 0 on the first chunk (mx = -inf) */
+            __m512 vm = _mm512_set1_ps(nm), sm = _mm512_setzero_ps();
+            for (int t = 0; t < n; t += 16) {
+                __mmask16 lm = first_n(n - t);
+                __m512 e = _mm512_maskz_mov_ps(
+                    lm, exp_neg(_mm512_sub_ps(_mm512_maskz_load_ps(lm, x + t), vm)));
+                _mm512_store_ps(x + t, e);
+                sm = _mm512_add_ps(sm, e);
+            }
+            sum[r] = sum[r] * corr[r] + _mm512_reduce_add_ps(sm);
+            mx[r] = nm;
+        }
+        /* P.V of the chunk, four rows at a time */
+        const dl_fp16 *vc = h->v + (size_t)c0 * d;
+        for (int g = 0; g < n4; g += 4) {
+            int e0 = 0;
+            for (; e0 + 64 <= d; e0 += 64)
+                spv4(acc + g, corr + g, p + g, vc, d, n, e0, 4);
+            switch ((d - e0) / 16) {
+            case 3: spv4(acc + g, corr + g, p + g, vc, d, n, e0, 3); break;
+            case 2: spv4(acc + g, corr + g, p + g, vc, d, n, e0, 2); break;
+            case 1: spv4(acc + g, corr + g, p + g, vc, d, n, e0, 1); break;
+            default: break;
             }
         }
     }
-    /* exact scores: below sink, and from lo (everything when lo == 0) */
-    int sink = k->sink < T ? k->sink : T;
-    int ranges[2][2] = { { 0, lo > 0 ? sink : T }, { lo > 0 ? lo : T, T } };
-    for (int i = 0; i < 2; i++)
-        for (int t = ranges[i][0]; t < ranges[i][1]; t++) {
-            __m512 x[DL__GDMAX / 16];
-            load_exact(k, t, x);
-            for (int r = 0; r < n4; r++)
-                sc[(size_t)r * S + t] = dot_rows(q[r], x, nv);
-        }
     if (dl__delta_timing)
-        dl__delta_add_score_ns(dl__delta_now_ns() - t0);
-    /* softmax per row */
-    float inv[DL__GROUP_ROWS];
-    for (int r = 0; r < n4; r++) {
-        float *x = sc + (size_t)r * S;
-        __m512 m = _mm512_set1_ps(-INFINITY);
-        for (int t = 0; t < T; t += 16)
-            m = _mm512_max_ps(m, _mm512_mask_loadu_ps(m, first_n(T - t), x + t));
-        __m512 vm = _mm512_set1_ps(_mm512_reduce_max_ps(m));
-        __m512 sum = _mm512_setzero_ps();
-        for (int t = 0; t < T; t += 16) {
-            __mmask16 lm = first_n(T - t);
-            __m512 e = _mm512_maskz_mov_ps(lm, exp_neg(_mm512_sub_ps(
-                                                   _mm512_maskz_loadu_ps(lm, x + t), vm)));
-            _mm512_storeu_ps(x + t, e);
-            sum = _mm512_add_ps(sum, e);
-        }
-        inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
-    }
-    /* P.V, four rows at a time, V streamed once per 64 columns */
-    for (int g = 0; g < n4; g += 4) {
-        int c0 = 0;
-        for (; c0 + 64 <= d; c0 += 64)
-            spv4(acc + g, p + g, h->v, d, T, c0, 4);
-        switch ((d - c0) / 16) {
-        case 3: spv4(acc + g, p + g, h->v, d, T, c0, 3); break;
-        case 2: spv4(acc + g, p + g, h->v, d, T, c0, 2); break;
-        case 1: spv4(acc + g, p + g, h->v, d, T, c0, 1); break;
-        default: break;
-        }
-    }
+        dl__delta_add_score_ns(score_ns);
     for (int r = 0; r < rows; r++) {
-        __m512 vi = _mm512_set1_ps(inv[r]);
+        __m512 vi = _mm512_set1_ps(1.0f / sum[r]);
         for (int e = 0; e < d; e += 16)
             _mm512_storeu_ps(acc[r] + e, _mm512_mul_ps(_mm512_loadu_ps(acc[r] + e), vi));
     }
@@ -1021,23 +1066,30 @@ DL__AI void transpose16(__m512 *r)
 }
 
 /* Completed block b as 16 fp32 rows tile[j][d] (zeros where nothing is stored). */
-static void block_tile(const dl__dkeys *k, int b, float *tile)
+DL__AI void block_tile_v(const dl__dhead *h, int d, int b, float *tile, const int VB)
 {
-    int d = k->d;
-    const uint16_t *em = k->h->emask + (size_t)b * d;
-    const dl_fp16 *vp = k->h->val + k->h->blk[b];
+    const uint16_t *em = h->emask + (size_t)b * d;
+    const uint8_t *vp = h->val + (size_t)h->blk[b] * VB;
+    const __m512 sc = _mm512_set1_ps(VB == 1 ? 256.0f : 1.0f);
     for (int c = 0; c < d; c += 16) {
         __m512 r[16];
         for (int i = 0; i < 16; i++) {
             unsigned m = em[c + i];
-            r[i] = _mm512_maskz_expand_ps(
-                (__mmask16)m, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vp)));
-            vp += __builtin_popcount(m);
+            r[i] = _mm512_maskz_expand_ps((__mmask16)m, dvals16(vp, VB));
+            vp += VB * __builtin_popcount(m);
         }
         transpose16(r);
         for (int j = 0; j < 16; j++)
-            _mm512_store_ps(tile + (size_t)j * d + c, r[j]);
+            _mm512_store_ps(tile + (size_t)j * d + c, VB == 1 ? _mm512_mul_ps(r[j], sc) : r[j]);
     }
+}
+
+static void block_tile(const dl__dkeys *k, int b, float *tile)
+{
+    if (k->h->vb == 1)
+        block_tile_v(k->h, k->d, b, tile, 1);
+    else
+        block_tile_v(k->h, k->d, b, tile, 2);
 }
 
 static void attend_wide_avx512(const dl__dunit *u, int dense)

@@ -5,7 +5,7 @@
  *   The delta stream, in blocks of 16 positions (DL__DBLK):
  *   emask [n_ctx / 16][d]   completed blocks, element-major: bit j of emask[b][e] set =
  *                           element e of Δk at position 16b + j is stored
- *   val   fp16              the stored (nonzero) deltas of completed blocks, block after
+ *   val   vb bytes each     the stored (nonzero) deltas of completed blocks, block after
  *                           block; inside a block element-major (element e's values for
  *                           positions j = 0..15 in order, then element e + 1's)
  *   blk   [n_ctx / 16 + 1]  blk[b] = index in val of block b's first value
@@ -45,7 +45,8 @@ typedef struct dl__dhead {
     float *ref;
     uint16_t *emask;
     uint32_t *blk;
-    dl_fp16 *val;
+    uint8_t *val;
+    int vb; /* bytes per value in val: 2 = fp16, 1 = E4M3 (see dl__e4m3_to_fp16) */
     uint8_t *smask;
     dl_fp16 *sval;
     int scnt; /* values in sval */
@@ -77,13 +78,29 @@ static inline uint32_t dl__delta_off(const dl__dhead *h, int d, int mb, int nful
     return o;
 }
 
+/* A stored 8-bit delta: E4M3 (sign, 4 exponent bits with bias 7, 3 mantissa bits; no
+ * inf/NaN, largest 448). Its bits shifted into an fp16 give the value / 256 exactly
+ * (normals and subnormals alike), which is how the vector kernels widen it
+ * (vpmovsxbw, shift, and, vcvtph2ps, then x 256). As an fp16 it is exact too. */
+static inline dl_fp16 dl__e4m3_to_fp16(uint8_t b)
+{
+    unsigned s = (unsigned)(b & 0x80) << 8, e = (b >> 3) & 15, m = b & 7;
+    if (e)
+        return (dl_fp16)(s | (e + 8) << 10 | m << 7);
+    if (!m)
+        return (dl_fp16)s;
+    /* subnormal m * 2^-9 = 1.f * 2^(p - 9), p = floor(log2 m) */
+    unsigned p = m >= 4 ? 2 : m >= 2 ? 1 : 0;
+    return (dl_fp16)(s | (p + 6) << 10 | ((m << (10 - p)) & 0x3FF));
+}
+
 /* Completed block b back to rows: mrow [16][mb] masks, vrow the values row after row.
  * Returns the number of values. */
 static inline int dl__dblock_rows(const dl__dhead *h, int d, int mb, int b, uint8_t *mrow,
                                   dl_fp16 *vrow)
 {
     const uint16_t *em = h->emask + (size_t)b * d;
-    const dl_fp16 *v = h->val + h->blk[b];
+    const uint8_t *v = h->val + (size_t)h->blk[b] * h->vb;
     int at[DL__DBLK + 1] = { 0 };
     for (int e = 0; e < d; e++)
         for (unsigned x = em[e]; x; x &= x - 1)
@@ -95,7 +112,12 @@ static inline int dl__dblock_rows(const dl__dhead *h, int d, int mb, int b, uint
     for (int e = 0; e < d; e++)
         for (unsigned x = em[e]; x; x &= x - 1) {
             int j = __builtin_ctz(x);
-            vrow[at[j]++] = *v++;
+            dl_fp16 hv;
+            if (h->vb == 1)
+                hv = dl__e4m3_to_fp16(*v++);
+            else
+                __builtin_memcpy(&hv, v, 2), v += 2;
+            vrow[at[j]++] = hv;
             mrow[j * mb + (e >> 3)] |= (uint8_t)(1u << (e & 7));
         }
     return total;
