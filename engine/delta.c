@@ -72,7 +72,7 @@
 #define DL__DMAX 512         /* largest head dim the kernels' stack buffers take */
 #define DL__RING_SLACK 8     /* extra ring slots so a truncate of <= 8 tokens (a stop-string
                                 rollback) stays exact; each slot costs 4d bytes per head */
-#define DL__TILE_ROWS 64     /* rows (query x head) per unit in prefill */
+#define DL__TILE_ROWS 128    /* rows (query x head) per unit in prefill */
 #define DL__THETA_SAMPLE 512 /* positions simulated when choosing theta */
 #define DL__QW_MIN 64        /* queries per KV head before decode stops updating weights */
 

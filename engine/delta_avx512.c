@@ -972,7 +972,7 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
  * chunks, so the inner loop is one broadcast and NV multiply-adds from L1 per value:
  * no bit scanning, and no scalar reload of a just-stored vector (store forwarding). */
 
-#define DL__WROWS 64 /* largest unit row stride the fused prefill kernel takes */
+#define DL__WROWS 128/* largest unit row stride the fused prefill kernel takes */
 
 /* R[16 j0 .. 16 (j0 + NV)) += Σ_i val[i] * Qt[off[i] + .], i in [i0, i1). */
 DL__AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, int i1,
