@@ -72,7 +72,9 @@
 #define DL__DMAX 512         /* largest head dim the kernels' stack buffers take */
 #define DL__RING_SLACK 8     /* extra ring slots so a truncate of <= 8 tokens (a stop-string
                                 rollback) stays exact; each slot costs 4d bytes per head */
-#define DL__TILE_ROWS 128    /* rows (query x head) per unit in prefill */
+#define DL__TILE_ROWS 64     /* rows (query x head) per unit in prefill; 128 where the fused
+                                prefill kernel runs: each unit decodes the delta stream up
+                                to its queries, so more rows share each decode */
 #define DL__THETA_SAMPLE 512 /* positions simulated when choosing theta */
 #define DL__QW_MIN 64        /* queries per KV head before decode stops updating weights */
 
@@ -96,7 +98,7 @@ struct dl_delta_cache {
      * allocated on first use and when a larger pool shows up, and counted in the bytes */
     float *scratch;
     size_t scratch_per; /* floats per thread */
-    int scratch_nth, scratch_rs;
+    int scratch_nth, scratch_rs, scratch_stc;
     /* test-only oracle (delta_impl.h); NULL unless created in oracle mode */
     int oracle;
     float *okey, *okhat, *ov, *oref; /* [layer][kv][n_ctx][d] x3, [layer][kv][d] */
@@ -727,24 +729,44 @@ static void unit_worker(void *arg, int ith, int nth)
 
 static int round16(int x) { return (x + 15) & ~15; }
 
-/* Per-thread scratch: Qt, Q, acc (rs x d each), r, aux, lo, hi (rs each) and the score
- * matrix (n_ctx x rs), where rs bounds a unit's rows (round16 of max(G, tile rows)). */
-static int scratch_rs(int G) { return round16(G > DL__TILE_ROWS ? G : DL__TILE_ROWS); }
-
-static size_t scratch_per(int rs, int d, int n_ctx)
+static int tile_rows(int d)
 {
-    /* + 16: the decode kernel keeps rows x round16(n_ctx) scores */
-    return (size_t)rs * (3 * (size_t)d + 4 + (size_t)n_ctx + 16) + 64;
+    const dl__dops *ops = dl__delta_ops(d);
+    return ops->attend_wide && d <= ops->wide_max_d ? 2 * DL__TILE_ROWS : DL__TILE_ROWS;
+}
+
+/* Per-thread scratch: Qt, Q, acc (rs x d each), r, aux, lo, hi (rs each) and the score
+ * matrix of the split kernels (n_ctx x stc). rs bounds a unit's rows (round16 of
+ * max(G, tile rows)); stc the rows of a unit that runs the split kernels: all of them,
+ * except where the fused kernels take every unit of >= 16 rows (then round16(G), which
+ * covers the few-row units of short prefill calls and groups too large for the fused
+ * decode kernel). */
+static int scratch_rs(int G, int d)
+{
+    int t = tile_rows(d);
+    return round16(G > t ? G : t);
+}
+
+static int scratch_stc(int G, int d)
+{
+    const dl__dops *ops = dl__delta_ops(d);
+    return ops->attend_wide && d <= ops->wide_max_d ? round16(G) : scratch_rs(G, d);
+}
+
+static size_t scratch_per(int rs, int stc, int d, int n_ctx)
+{
+    /* + 16: the decode kernels may keep rows x round16(n_ctx) scores */
+    return (size_t)rs * (3 * (size_t)d + 4) + (size_t)stc * ((size_t)n_ctx + 16) + 64;
 }
 
 /* The cache's own scratch, for callers without a dl_delta_scratch. Allocated once per
  * cache, again only if a larger pool or group appears — never per token. */
 static int ensure_scratch(dl_delta_cache *c, int nth, int G)
 {
-    int rs = scratch_rs(G);
-    if (c->scratch && c->scratch_nth >= nth && c->scratch_rs >= rs)
+    int rs = scratch_rs(G, c->d), stc = scratch_stc(G, c->d);
+    if (c->scratch && c->scratch_nth >= nth && c->scratch_rs >= rs && c->scratch_stc >= stc)
         return 0;
-    size_t per = scratch_per(rs, c->d, c->n_ctx);
+    size_t per = scratch_per(rs, stc, c->d, c->n_ctx);
     float *s = malloc(per * (size_t)nth * sizeof(float));
     if (!s)
         return -ENOMEM;
@@ -753,13 +775,14 @@ static int ensure_scratch(dl_delta_cache *c, int nth, int G)
     c->scratch_per = per;
     c->scratch_nth = nth;
     c->scratch_rs = rs;
+    c->scratch_stc = stc;
     return 0;
 }
 
 struct dl_delta_scratch {
     float *buf;
     size_t per; /* floats per thread */
-    int nth, rs, d, n_ctx;
+    int nth, rs, stc, d, n_ctx;
 };
 
 dl_delta_scratch *dl_delta_scratch_create(int max_ctx, int head_dim, int max_group,
@@ -779,11 +802,12 @@ dl_delta_scratch *dl_delta_scratch_create(int max_ctx, int head_dim, int max_gro
         snprintf(err, errlen, "delta scratch: out of memory");
         return NULL;
     }
-    s->rs = scratch_rs(max_group);
+    s->rs = scratch_rs(max_group, head_dim);
     s->d = head_dim;
     s->n_ctx = max_ctx;
     s->nth = n_threads;
-    s->per = scratch_per(s->rs, head_dim, max_ctx);
+    s->stc = scratch_stc(max_group, head_dim);
+    s->per = scratch_per(s->rs, s->stc, head_dim, max_ctx);
     s->buf = malloc(s->per * (size_t)n_threads * sizeof(float));
     if (!s->buf) {
         snprintf(err, errlen, "delta scratch: out of memory (%d positions x %d threads)",
@@ -814,7 +838,8 @@ static int pick_scratch(dl_delta_cache *c, dl_delta_scratch *scr, dl_pool *pool,
 {
     int nth = pool ? dl_pool_size(pool) : 1;
     if (scr) {
-        if (scr->d < c->d || scr->rs < scratch_rs(G) || scr->nth < nth || scr->n_ctx < end)
+        if (scr->d < c->d || scr->rs < scratch_rs(G, c->d) ||
+            scr->stc < scratch_stc(G, c->d) || scr->nth < nth || scr->n_ctx < end)
             return -EINVAL;
         cl->scratch = scr->buf;
         cl->scratch_per = scr->per;
@@ -829,7 +854,8 @@ static int pick_scratch(dl_delta_cache *c, dl_delta_scratch *scr, dl_pool *pool,
 
 static void run_call(dl_delta_cache *c, dl_pool *pool, dl__dcall *cl)
 {
-    cl->ta = DL__TILE_ROWS / cl->G > 1 ? DL__TILE_ROWS / cl->G : 1;
+    int tr = tile_rows(c->d);
+    cl->ta = tr / cl->G > 1 ? tr / cl->G : 1;
     if (cl->ta > cl->n)
         cl->ta = cl->n;
     cl->rs = round16(cl->ta * cl->G);
