@@ -8,6 +8,7 @@
 
 #include "kernels.h"
 #include "quant.h"
+#include "ternary.h"
 
 #define MEMBW_BYTES ((size_t)256 << 20) /* 8x a 32 MiB L3: reads come from DRAM */
 #define LLC_SPAN ((size_t)96 << 20)     /* weights replicated to at least this many bytes */
@@ -121,7 +122,8 @@ int dl_bench_matmul_opt(dl_pool *p, uint32_t type, int64_t rows, int64_t cols, i
     float *x = malloc(sizeof(float) * (size_t)cols * n_tok);
     float *y = malloc(sizeof(float) * (size_t)rows * n_tok);
     float *src = malloc(sizeof(float) * (size_t)cols);
-    void *scratch = malloc(dl_matmul_scratch_size(n_tok, cols));
+    const int tern = dl_is_ternary(type);
+    void *scratch = malloc(tern ? dl_ternary_scratch_size(n_tok, cols) : dl_matmul_scratch_size(n_tok, cols));
     dl_weight *wt = calloc((size_t)copies, sizeof *wt);
     void **owned = calloc((size_t)copies, sizeof *owned);
     int rc = -ENOMEM;
@@ -152,8 +154,12 @@ int dl_bench_matmul_opt(dl_pool *p, uint32_t type, int64_t rows, int64_t cols, i
     double best = 1e30, spent = 0;
     for (int round = 0; round < 50 && (round < 3 || spent < 1.0); round++) {
         double t0 = now_s();
-        for (int c = 0; c < copies; c++)
-            dl_matmul(p, &wt[c], x, y, n_tok, scratch);
+        for (int c = 0; c < copies; c++) {
+            if (tern) /* as BitLinear runs it: quantise the activations, then the product */
+                dl_ternary_matmul(p, &wt[c], 1.0f, x, y, n_tok, scratch);
+            else
+                dl_matmul(p, &wt[c], x, y, n_tok, scratch);
+        }
         double t = (now_s() - t0) / copies;
         spent += t * copies;
         best = t < best ? t : best;

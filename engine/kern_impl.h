@@ -60,6 +60,17 @@ static inline size_t dl__pk_group_bytes(uint32_t type, int64_t cols)
     return dl__pk_scale_off(type, nb + (nb % 2)); /* = start of the pair after the last */
 }
 
+/* Packed F16 / BF16 (dl_weight.packed, AVX-512 path): rows in groups of 16, the last padded
+ * with zero rows; group g starts at g * dl__ph_group_bytes(cols) and holds, for each column
+ * c in order, the 16 rows' 16-bit values (row i at element i): 32 bytes per column. One
+ * conversion (vcvtph2ps, or a shift for BF16) then gives a column of 16 rows, a broadcast
+ * activation multiplies it, and the 16 row sums build up in one register: no horizontal
+ * sums, and each thread reads its groups as one sequential stream. */
+static inline size_t dl__ph_group_bytes(int64_t cols)
+{
+    return (size_t)cols * 32;
+}
+
 /* Scalar definitions of the two activation formats (one token). */
 void dl__quant_act32_ref(const float *x, int64_t cols, void *dst);
 void dl__quant_actk_ref(const float *x, int64_t cols, void *dst);

@@ -19,6 +19,7 @@
 
 #include "kern_impl.h"
 #include "quant.h"
+#include "ternary_impl.h"
 
 /* ---- instruction-set selection ---- */
 
@@ -250,11 +251,30 @@ void dl_matmul(dl_pool *pool, const dl_weight *w, const float *x, float *y, int 
 size_t dl_weight_prepared_bytes(const dl_weight *w)
 {
     /* only the AVX-512 path reads the packed layout; elsewhere it would be dead memory */
-    if (dl_isa_active() != DL_ISA_AVX512 || w->rows <= 0 || w->cols <= 0 || w->cols % 32 != 0)
+    if (dl_isa_active() != DL_ISA_AVX512 || w->rows <= 0 || w->cols <= 0)
         return 0;
-    if (w->type != DL_TYPE_Q4_0 && w->type != DL_TYPE_Q8_0)
+    if (w->type == DL_TYPE_F16 || w->type == DL_TYPE_BF16)
+        return (size_t)((w->rows + 15) / 16) * dl__ph_group_bytes(w->cols);
+    if (w->type == DL_TYPE_I2_S)
+        return w->cols % DL_QK_I2_S ? 0 : (size_t)((w->rows + 15) / 16) * dl__i2s_group_bytes(w->cols);
+    if ((w->type != DL_TYPE_Q4_0 && w->type != DL_TYPE_Q8_0) || w->cols % 32 != 0)
         return 0;
     return (size_t)((w->rows + 15) / 16) * dl__pk_group_bytes(w->type, w->cols);
+}
+
+/* 16-bit weights: a transpose of each 16-row group, in 16 x 16 tiles so that both the rows
+ * read and the columns written stay within a few cache lines at a time. */
+static void dl__pack_group_h(const dl_weight *w, int64_t r0, uint16_t *dst)
+{
+    const int nr = w->rows - r0 < 16 ? (int)(w->rows - r0) : 16;
+    for (int64_t c0 = 0; c0 < w->cols; c0 += 16) {
+        int64_t c1 = w->cols - c0 < 16 ? w->cols : c0 + 16;
+        for (int i = 0; i < nr; i++) {
+            const uint16_t *row = (const uint16_t *)((const uint8_t *)w->data + (size_t)(r0 + i) * w->row_bytes);
+            for (int64_t c = c0; c < c1; c++)
+                dst[(size_t)c * 16 + (size_t)i] = row[c];
+        }
+    }
 }
 
 static void dl__pack_group(const dl_weight *w, int64_t r0, uint8_t *dst)
@@ -276,6 +296,17 @@ static void dl__pack_group(const dl_weight *w, int64_t r0, uint8_t *dst)
     }
 }
 
+/* I2_S: each row's 32 code bytes per 128 columns go out as 8 dwords, 64 bytes apart. */
+static void dl__pack_group_i2s(const dl_weight *w, int64_t r0, uint8_t *dst)
+{
+    for (int i = 0; i < 16 && r0 + i < w->rows; i++) {
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + i) * w->row_bytes;
+        for (int64_t gi = 0; gi < w->cols / DL_QK_I2_S; gi++)
+            for (int k = 0; k < 8; k++)
+                memcpy(dst + (size_t)gi * 512 + 64 * (size_t)k + 4 * (size_t)i, row + gi * 32 + 4 * k, 4);
+    }
+}
+
 int dl_weight_prepare(dl_weight *w, void **owned, char *err, size_t errlen)
 {
     *owned = NULL;
@@ -290,12 +321,53 @@ int dl_weight_prepare(dl_weight *w, void **owned, char *err, size_t errlen)
         return -ENOMEM;
     }
     memset(p, 0, n);
-    size_t gb = dl__pk_group_bytes(w->type, w->cols);
-    for (int64_t r = 0; r < w->rows; r += 16)
-        dl__pack_group(w, r, p + (size_t)(r / 16) * gb);
+    if (w->type == DL_TYPE_F16 || w->type == DL_TYPE_BF16) {
+        size_t gb = dl__ph_group_bytes(w->cols);
+        for (int64_t r = 0; r < w->rows; r += 16)
+            dl__pack_group_h(w, r, (uint16_t *)(p + (size_t)(r / 16) * gb));
+    } else if (w->type == DL_TYPE_I2_S) {
+        size_t gb = dl__i2s_group_bytes(w->cols);
+        for (int64_t r = 0; r < w->rows; r += 16)
+            dl__pack_group_i2s(w, r, p + (size_t)(r / 16) * gb);
+    } else {
+        size_t gb = dl__pk_group_bytes(w->type, w->cols);
+        for (int64_t r = 0; r < w->rows; r += 16)
+            dl__pack_group(w, r, p + (size_t)(r / 16) * gb);
+    }
     w->packed = p;
     *owned = p;
     return 0;
+}
+
+void dl_weight_get_row(const dl_weight *w, int64_t r, float *out)
+{
+    if (!w->packed || (w->type != DL_TYPE_F16 && w->type != DL_TYPE_BF16 &&
+                       w->type != DL_TYPE_Q4_0 && w->type != DL_TYPE_Q8_0)) {
+        dl_dequantize_row(w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, out, w->cols);
+        return;
+    }
+    const int i = (int)(r % 16);
+    if (w->type == DL_TYPE_F16 || w->type == DL_TYPE_BF16) {
+        const uint16_t *g = (const uint16_t *)((const uint8_t *)w->packed + (size_t)(r / 16) * dl__ph_group_bytes(w->cols));
+        for (int64_t c = 0; c < w->cols; c++) {
+            uint16_t h = g[(size_t)c * 16 + (size_t)i];
+            out[c] = w->type == DL_TYPE_F16 ? dl_fp16_to_f32(h) : dl_bf16_to_f32(h);
+        }
+        return;
+    }
+    /* Q4_0 / Q8_0: rebuild each block as stored, then the reference dequantiser */
+    const uint8_t *g = (const uint8_t *)w->packed + (size_t)(r / 16) * dl__pk_group_bytes(w->type, w->cols);
+    const int q8 = w->type == DL_TYPE_Q8_0;
+    const size_t qb = dl__pk_qbytes(w->type);
+    uint8_t blk[sizeof(dl_block_q8_0)];
+    for (int64_t b = 0; b < w->cols / 32; b++) {
+        memcpy(blk, g + dl__pk_scale_off(w->type, b) + 2 * (size_t)i, sizeof(dl_fp16));
+        const uint8_t *q = g + dl__pk_quant_off(w->type, b) + 4 * (size_t)i;
+        for (size_t k = 0; k < qb / 64; k++)
+            for (int j = 0; j < 4; j++)
+                blk[sizeof(dl_fp16) + 4 * k + (size_t)j] = (uint8_t)(q[64 * k + (size_t)j] ^ (q8 ? 0x80 : 0));
+        dl_dequantize_row(w->type, blk, out + b * 32, 32);
+    }
 }
 
 /* ---- vector kernels ---- */

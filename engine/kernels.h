@@ -34,13 +34,17 @@ typedef struct dl_weight {
 } dl_weight;
 
 /* Called once per weight at load. Where the active instruction set has a faster layout
- * for w's type (AVX-512: Q4_0 and Q8_0, 16 rows interleaved per 32-column block, used for
- * every token count), allocates that copy, points w->packed at it and stores it in *owned
+ * for w's type (AVX-512: Q4_0 and Q8_0, 16 rows interleaved per 32-column block; F16 and
+ * BF16, 16 rows interleaved per column; I2_S for ternary.h, 16 rows interleaved per 4 code
+ * bytes; used for every token count), allocates that copy, points w->packed at it and stores it in *owned
  * (free() it after the last matmul with w); otherwise leaves w unchanged, *owned = NULL.
  * Returns 0, or -ENOMEM (message in err). After this the matmuls read only the copy. */
 int dl_weight_prepare(dl_weight *w, void **owned, char *err, size_t errlen);
 /* Bytes dl_weight_prepare would allocate for w now: 0 when it would not repack. */
 size_t dl_weight_prepared_bytes(const dl_weight *w);
+/* Row r of w as cols floats, as dl_dequantize_row gives it, read from the packed copy when
+ * there is one (so a tied embedding's lookups need not keep the original resident). */
+void dl_weight_get_row(const dl_weight *w, int64_t r, float *out);
 
 /* Scratch bytes dl_matmul needs for n_tok tokens of width cols (quantised activations). */
 size_t dl_matmul_scratch_size(int n_tok, int64_t cols);

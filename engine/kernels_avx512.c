@@ -12,7 +12,8 @@
  *    horizontal sums).
  *  - Q4_K/Q6_K: per 256-superblock, weights unpacked once and reused by up to 4 tokens;
  *    vpmaddubsw + vpmaddwd with the 6/8-bit sub-block scales.
- *  - F32/F16/BF16: 2 rows x 4 tokens of FMA accumulators.
+ *  - F32/F16/BF16: 2 rows x 4 tokens of FMA accumulators; F16/BF16 repacked at load
+ *    (kern_impl.h): 16 rows per converted vector, one FMA per broadcast activation.
  */
 #include <immintrin.h>
 #include <math.h>
@@ -953,6 +954,100 @@ static void matmul_h(const dl__mm *m, int64_t r0, int64_t r1)
         matmul_h_type(m, r0, r1, DL_TYPE_BF16);
 }
 
+/* ---- F16 / BF16: the load-time packed layout (kern_impl.h), every token count ---- */
+
+/* Prefetch distance on the packed stream, bytes ahead (it runs on into the next group,
+ * which the same thread reads next). Measured with dl_bench_matmul, 128256 x 2560 F16 (the
+ * BitNet head), 2 threads: 1 token 10.2 ms with 2048 -> 9.3 with 4096 (8192: 9.6); 2 and 4
+ * tokens 12.4 / 12.1 ms with 2048 -> 4096 10.5 / 12.0 -> 8192 9.1-9.5 / 9.6-9.7. */
+#define PH_PF(nt) ((nt) == 1 ? 4096 : 8192)
+
+AI __m512 cvtcol(const uint16_t *p, uint32_t type)
+{
+    return cvth(_mm256_load_si256((const __m256i *)p), type);
+}
+
+/* y[t][r0 .. r0+nrows) for NT tokens from one 16-row group g: per column, one conversion
+ * feeds NT FMAs with the broadcast activations. CH independent accumulators per token
+ * (columns c, c+1, ... in turn) hide the FMA latency when there are few tokens. */
+AI void ph_tile(const dl__mm *m, const uint16_t *g, int64_t r0, int nrows, int t0, const int NT,
+                uint32_t type)
+{
+    const int CH = NT == 1 ? 8 : NT == 2 ? 4 : NT <= 4 ? 2 : 1;
+    const int64_t n = m->w->cols;
+    const float *x[8];
+    __m512 acc[8]; /* token t, chain j at t * CH + j (NT * CH <= 8) */
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        x[t] = m->x + (size_t)(t0 + t) * n;
+        #pragma GCC unroll 8
+        for (int j = 0; j < CH; j++)
+            acc[t * CH + j] = _mm512_setzero_ps();
+    }
+    int64_t c = 0;
+    for (; c + 8 <= n; c += 8) {
+        const uint16_t *p = g + (size_t)c * 16; /* 8 columns: 256 bytes, 4 lines */
+        if (t0 == 0) { /* later token tiles find the group in cache */
+            #pragma GCC unroll 4
+            for (int k = 0; k < 4; k++)
+                _mm_prefetch((const char *)p + PH_PF(NT) + 64 * k, _MM_HINT_T0);
+        }
+        #pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            __m512 wv = cvtcol(p + 16 * k, type);
+            #pragma GCC unroll 8
+            for (int t = 0; t < NT; t++)
+                acc[t * CH + k % CH] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[t][c + k]), acc[t * CH + k % CH]);
+        }
+    }
+    for (; c < n; c++) {
+        __m512 wv = cvtcol(g + (size_t)c * 16, type);
+        #pragma GCC unroll 8
+        for (int t = 0; t < NT; t++)
+            acc[t * CH] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[t][c]), acc[t * CH]);
+    }
+    const __mmask16 rm = tail_mask(nrows);
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        #pragma GCC unroll 8
+        for (int j = 1; j < CH; j *= 2) /* pairwise: (0+1)+(2+3) ... */
+            #pragma GCC unroll 8
+            for (int i = 0; i + j < CH; i += 2 * j)
+                acc[t * CH + i] = _mm512_add_ps(acc[t * CH + i], acc[t * CH + i + j]);
+        _mm512_mask_storeu_ps(m->y + (size_t)(t0 + t) * m->w->rows + r0, rm, acc[t * CH]);
+    }
+}
+
+#define PH_TILE 8 /* tokens per pass over a group (80 KiB at 2560 columns: from L2) */
+
+static void matmul_h_packed_type(const dl__mm *m, int64_t r0, int64_t r1, uint32_t type)
+{
+    const size_t gb = dl__ph_group_bytes(m->w->cols);
+    /* r0 is a multiple of 16 (dl__matmul_job hands out 16-row tiles) */
+    for (int64_t r = r0; r < r1; r += 16) {
+        const uint16_t *g = (const uint16_t *)((const uint8_t *)m->w->packed + (size_t)(r / 16) * gb);
+        int nrows = r1 - r < 16 ? (int)(r1 - r) : 16;
+        for (int t = 0; t < m->n_tok; t += PH_TILE) {
+            int nt = m->n_tok - t < PH_TILE ? m->n_tok - t : PH_TILE;
+            switch (nt) {
+#define DL__PH(k) \
+    case k: ph_tile(m, g, r, nrows, t, k, type); break;
+            DL__PH(1) DL__PH(2) DL__PH(3) DL__PH(4) DL__PH(5) DL__PH(6) DL__PH(7) DL__PH(8)
+#undef DL__PH
+            default: break;
+            }
+        }
+    }
+}
+
+static void matmul_h_packed(const dl__mm *m, int64_t r0, int64_t r1)
+{
+    if (m->w->type == DL_TYPE_F16)
+        matmul_h_packed_type(m, r0, r1, DL_TYPE_F16);
+    else
+        matmul_h_packed_type(m, r0, r1, DL_TYPE_BF16);
+}
+
 static int matmul512(const dl__mm *m, int64_t r0, int64_t r1)
 {
     switch (m->w->type) {
@@ -961,7 +1056,10 @@ static int matmul512(const dl__mm *m, int64_t r0, int64_t r1)
         return 0;
     case DL_TYPE_F16:
     case DL_TYPE_BF16:
-        matmul_h(m, r0, r1);
+        if (m->w->packed)
+            matmul_h_packed(m, r0, r1);
+        else
+            matmul_h(m, r0, r1);
         return 0;
     case DL_TYPE_Q8_0:
     case DL_TYPE_Q4_0:

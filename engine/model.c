@@ -384,9 +384,9 @@ static int bind_layer(dl_model *m, int il, char *err, size_t errlen)
     return 0;
 }
 
-/* Let the kernels lay out each matmul weight once for their fastest path (kernels.h). The
- * output head is prepared as its own copy, so a tied embedding keeps its rows for lookups. */
-static int prepare_one(dl_model *m, weight *mw, int release, char *err, size_t errlen)
+/* Let the kernels lay out each matmul weight once for their fastest path (kernels.h), and
+ * release the originals: after this only the copies are read. */
+static int prepare_one(dl_model *m, weight *mw, char *err, size_t errlen)
 {
     void *packed = NULL;
     int rc = dl_weight_prepare(&mw->w, &packed, err, errlen);
@@ -401,26 +401,26 @@ static int prepare_one(dl_model *m, weight *mw, int release, char *err, size_t e
     /* Reading the original to repack it made its pages resident; matmuls no longer read
      * them, so give them back (a read-only file mapping: they fault in again from the file
      * if a scalar path ever reads them). */
-    if (release) {
-        uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
-        uintptr_t lo = ((uintptr_t)mw->w.data + pg - 1) & ~(pg - 1);
-        uintptr_t hi = ((uintptr_t)mw->w.data + (uintptr_t)(mw->w.row_bytes * mw->w.rows)) &
-                       ~(pg - 1);
-        if (hi > lo)
-            madvise((void *)lo, hi - lo, MADV_DONTNEED);
-    }
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)mw->w.data + pg - 1) & ~(pg - 1);
+    uintptr_t hi = ((uintptr_t)mw->w.data + (uintptr_t)(mw->w.row_bytes * mw->w.rows)) &
+                   ~(pg - 1);
+    if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
     return 0;
 }
 
 static int prepare_weights(dl_model *m, char *err, size_t errlen)
 {
-    /* a tied output head is the embedding, whose rows lookups still read */
-    int rc = prepare_one(m, &m->output, !m->hp.tied_output, err, errlen);
+    /* a tied output head is the embedding: lookups then read its rows from the copy */
+    int rc = prepare_one(m, &m->output, err, errlen);
+    if (m->hp.tied_output)
+        m->tok_embd.w.packed = m->output.w.packed;
     for (int il = 0; il < m->hp.n_layer && !rc; il++) {
         layer *L = &m->layers[il];
         weight *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0] && !rc; i++)
-            rc = prepare_one(m, ws[i], 1, err, errlen);
+            rc = prepare_one(m, ws[i], err, errlen);
     }
     return rc;
 }
@@ -910,7 +910,7 @@ static void output_last_logits(dl_ctx *c, dl_batch_item *items, int n_items)
 static void embed(const dl_model *m, int32_t tok, float *out)
 {
     const dl_weight *w = &m->tok_embd.w;
-    dl_dequantize_row(w->type, (const char *)w->data + (size_t)tok * w->row_bytes, out, w->cols);
+    dl_weight_get_row(w, tok, out); /* from the repacked copy of a tied output head */
     if (m->tok_embd.scale != 1.0f)
         for (int64_t i = 0; i < w->cols; i++)
             out[i] *= m->tok_embd.scale;

@@ -15,7 +15,9 @@
 #include "quant.h"
 #include "ternary_impl.h"
 
-#define ROW_TILE 16 /* rows per task unit: their codes stay in L1/L2 across the tokens */
+/* rows per task unit: their codes stay in L1/L2 across the tokens; also the packed I2_S
+ * layout's row group (ternary_impl.h) */
+#define ROW_TILE 16
 
 int dl_is_ternary(uint32_t type)
 {
@@ -221,6 +223,7 @@ typedef struct mm_args {
     float *y;
     int n_tok;
     dots k;
+    int packed; /* read w->packed (AVX-512 only; other paths read w->data) */
 } mm_args;
 
 /* y for token t, row r from the integer dot (see ternary.h: one rescale for every ISA). */
@@ -254,16 +257,32 @@ static void i2s_tile(const mm_args *a, int64_t r0, int64_t r1)
     }
 }
 
-static void mm_task(void *arg, int ith, int nth)
+/* I2_S repacked at load (ternary_impl.h), AVX-512: 16 rows per tile, tokens 8 at a time. */
+static void i2s_packed_tile(const mm_args *a, int64_t r0, int64_t r1)
 {
-    const mm_args *a = arg;
     const dl_weight *w = a->w;
-    long lo, hi;
-    dl_split((w->rows + ROW_TILE - 1) / ROW_TILE, ith, nth, &lo, &hi);
+    const uint8_t *grp = (const uint8_t *)w->packed + (size_t)(r0 / 16) * dl__i2s_group_bytes(w->cols);
+    int32_t d[8][16];
+    for (int t = 0; t < a->n_tok; t += 8) {
+        int nt = a->n_tok - t < 8 ? a->n_tok - t : 8;
+        dl__i2s_packed_avx512(grp, w->cols, a->v.q + (int64_t)t * w->cols, w->cols, nt, t == 0, d);
+        for (int j = 0; j < nt; j++)
+            for (int64_t r = r0; r < r1; r++)
+                put(a, t + j, r, d[j][r - r0]);
+    }
+}
+
+/* Row tiles lo..hi-1 for every token. */
+static void mm_tiles(const mm_args *a, long lo, long hi)
+{
+    const dl_weight *w = a->w;
     for (long tile = lo; tile < hi; tile++) {
         int64_t r0 = tile * ROW_TILE, r1 = r0 + ROW_TILE < w->rows ? r0 + ROW_TILE : w->rows;
         if (w->type == DL_TYPE_I2_S) {
-            i2s_tile(a, r0, r1);
+            if (a->packed)
+                i2s_packed_tile(a, r0, r1);
+            else
+                i2s_tile(a, r0, r1);
             continue;
         }
         for (int t = 0; t < a->n_tok; t++) {
@@ -279,10 +298,19 @@ static void mm_task(void *arg, int ith, int nth)
     }
 }
 
+static void mm_task(void *arg, int ith, int nth)
+{
+    const mm_args *a = arg;
+    long lo, hi;
+    dl_split((a->w->rows + ROW_TILE - 1) / ROW_TILE, ith, nth, &lo, &hi);
+    mm_tiles(a, lo, hi);
+}
+
 void dl_ternary_matmul_q(dl_pool *pool, const dl_weight *w, float scale, const void *scratch,
                          float *y, int n_tok)
 {
-    mm_args a = {w, scale, view((void *)scratch, n_tok, w->cols), y, n_tok, pick_dots()};
+    mm_args a = {w, scale, view((void *)scratch, n_tok, w->cols), y, n_tok, pick_dots(),
+                 w->packed && w->type == DL_TYPE_I2_S && dl_isa_active() == DL_ISA_AVX512};
     dl_pool_run(pool, mm_task, &a);
 }
 

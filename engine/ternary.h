@@ -7,6 +7,8 @@
  * times any .scale tensor). Runs of blocks with bit-equal d are summed as integers first,
  * so a TQ2_0 tensor with one d everywhere gives exactly the result of the I2_S tensor with
  * that scale. Every ISA path returns bit-identical results (integer sums, same rescale).
+ * On AVX-512 an I2_S weight put through dl_weight_prepare (kernels.h) is read only from
+ * its repacked copy (16 rows interleaved: one stream per thread, no horizontal sums).
  */
 #ifndef DL_TERNARY_H
 #define DL_TERNARY_H

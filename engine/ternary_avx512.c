@@ -5,6 +5,7 @@
  * consecutive values — planes g and g+1 — matching 64 contiguous activation bytes;
  * vpdpbusd (u8 x s8 -> i32) then accumulates them in one instruction. */
 #include <immintrin.h>
+#include <string.h>
 
 #include "ternary_impl.h"
 
@@ -88,3 +89,70 @@ void dl__i2s_dot4t_avx512(const uint8_t *w, const int8_t *q, int64_t qstride, in
     out[3] = _mm512_reduce_add_epi32(_mm512_add_epi32(a3, b3));
 }
 
+
+/* ---- packed I2_S (layout: ternary_impl.h) ---- */
+
+/* Prefetch distance on the packed stream, bytes ahead (runs on into the next group). */
+#define I2S_PF 4096
+
+/* C independent accumulators per token (the 32 vpdpbusd of a 128-group in turn) hide the
+ * instruction's latency when there are few tokens. */
+static inline __attribute__((always_inline)) void
+i2s_packed(const uint8_t *grp, int64_t cols, const int8_t *q, int64_t qstride, const int NT,
+           int first, int32_t out[][16])
+{
+    const int C = NT == 1 ? 8 : NT == 2 ? 4 : NT <= 4 ? 2 : 1;
+    const __m512i m3 = _mm512_set1_epi8(3);
+    __m512i acc[8]; /* token t, chain c at t * C + c (NT * C <= 8) */
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++)
+        #pragma GCC unroll 8
+        for (int c = 0; c < C; c++)
+            acc[t * C + c] = _mm512_setzero_si512();
+    for (int64_t gi = 0; gi < cols / 128; gi++) {
+        const uint8_t *p = grp + (size_t)gi * 512;
+        if (first) {
+            #pragma GCC unroll 8
+            for (int k = 0; k < 8; k++)
+                _mm_prefetch((const char *)p + I2S_PF + 64 * k, _MM_HINT_T0);
+        }
+        #pragma GCC unroll 8
+        for (int k = 0; k < 8; k++) {
+            __m512i v = _mm512_load_si512((const void *)(p + 64 * k)), cd[4];
+            cd[0] = _mm512_and_si512(_mm512_srli_epi16(v, 6), m3);
+            cd[1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m3);
+            cd[2] = _mm512_and_si512(_mm512_srli_epi16(v, 2), m3);
+            cd[3] = _mm512_and_si512(v, m3);
+            #pragma GCC unroll 8
+            for (int t = 0; t < NT; t++) {
+                const int8_t *a = q + t * qstride + gi * 128 + 4 * k;
+                #pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                    int32_t a4;
+                    memcpy(&a4, a + 32 * j, 4);
+                    acc[t * C + (4 * k + j) % C] = _mm512_dpbusd_epi32(acc[t * C + (4 * k + j) % C], cd[j],
+                                                                  _mm512_set1_epi32(a4));
+                }
+            }
+        }
+    }
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        #pragma GCC unroll 8
+        for (int c = 1; c < C; c++)
+            acc[t * C] = _mm512_add_epi32(acc[t * C], acc[t * C + c]);
+        _mm512_storeu_si512((void *)out[t], acc[t * C]);
+    }
+}
+
+void dl__i2s_packed_avx512(const uint8_t *grp, int64_t cols, const int8_t *q, int64_t qstride,
+                           int nt, int first, int32_t out[][16])
+{
+    switch (nt) {
+#define DL__I2(n) \
+    case n: i2s_packed(grp, cols, q, qstride, n, first, out); break;
+    DL__I2(1) DL__I2(2) DL__I2(3) DL__I2(4) DL__I2(5) DL__I2(6) DL__I2(7) DL__I2(8)
+#undef DL__I2
+    default: break;
+    }
+}

@@ -320,15 +320,31 @@ static void check_kernel(uint32_t type, int64_t rows, int64_t cols, int n_tok)
         ck_assert_msg(memcmp(y0, y1, (size_t)(n_tok * rows) * sizeof *y1) == 0,
                       "type %u isa %s differs from scalar", type, dl_isa_name((enum dl_isa)isa));
     }
+    /* repacked at load (AVX-512, I2_S): the same bits, from the copy alone */
     dl_isa_force(dl_isa_detect());
+    void *owned = NULL;
+    ck_assert_int_eq(dl_weight_prepare(&w, &owned, NULL, 0), 0);
+    ck_assert_int_eq(owned != NULL, type == DL_TYPE_I2_S && dl_isa_active() == DL_ISA_AVX512);
+    if (owned) {
+        uint8_t *garbage = malloc(rb * (size_t)rows);
+        memset(garbage, 0x5a, rb * (size_t)rows);
+        w.data = garbage;
+        memset(y1, 0, (size_t)(n_tok * rows) * sizeof *y1);
+        dl_ternary_matmul(pool, &w, scale, x, y1, n_tok, scratch);
+        ck_assert_msg(memcmp(y0, y1, (size_t)(n_tok * rows) * sizeof *y1) == 0,
+                      "type %u packed %lldx%lld n_tok %d differs from scalar", type,
+                      (long long)rows, (long long)cols, n_tok);
+        free(garbage);
+        free(owned);
+    }
     dl_pool_free(pool);
     free(wd), free(x), free(deq), free(tmp), free(scratch), free(y0), free(y1);
 }
 
 START_TEST(test_kernels_vs_scalar)
 {
-    const int toks[] = {1, 3, 17};
-    for (int k = 0; k < 3; k++) {
+    const int toks[] = {1, 3, 8, 17};
+    for (int k = 0; k < 4; k++) {
         check_kernel(DL_TYPE_I2_S, 37, 384, toks[k]); /* odd number of 128-groups */
         check_kernel(DL_TYPE_I2_S, 16, 2560, toks[k]);
         check_kernel(DL_TYPE_TQ2_0, 37, 512, toks[k]);

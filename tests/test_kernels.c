@@ -103,7 +103,9 @@ static void check_matmul_p(enum dl_isa isa, dl_pool *pool, uint32_t type, int64_
         char err[128];
         dl_isa_force(DL_ISA_AVX512);
         ck_assert_int_eq(dl_weight_prepare(&t.w, &owned, err, sizeof err), 0);
-        int expect = dl_isa_active() == DL_ISA_AVX512 && (type == DL_TYPE_Q4_0 || type == DL_TYPE_Q8_0);
+        int expect = dl_isa_active() == DL_ISA_AVX512 &&
+                     (type == DL_TYPE_Q4_0 || type == DL_TYPE_Q8_0 || type == DL_TYPE_F16 ||
+                      type == DL_TYPE_BF16);
         ck_assert_int_eq(owned != NULL, expect);
         ck_assert_ptr_eq(t.w.packed, owned);
         ck_assert_ptr_eq(t.w.data, t.data);
@@ -274,12 +276,74 @@ START_TEST(test_matmul_prepared)
 }
 END_TEST
 
+/* F16 / BF16 repacked at load (16 rows per column): column counts with every remainder of
+ * the 8-column step and none, each token count, odd row counts, every path. */
+START_TEST(test_matmul_prepared_half)
+{
+    static const int64_t cols[] = {1, 7, 16, 37, 83, 256};
+    static const int64_t rows[] = {1, 17, 35};
+    static const uint32_t types[] = {DL_TYPE_F16, DL_TYPE_BF16};
+    dl_pool *pool = dl_pool_create(3);
+    ck_assert_ptr_nonnull(pool);
+    for (int ty = 0; ty < 2; ty++) {
+        rng_state = 555 + types[ty];
+        for (int isa = 0; isa <= (int)dl_isa_detect(); isa++)
+            for (int c = 0; c < 6; c++)
+                for (int r = 0; r < 3; r++) {
+                    for (size_t k = 0; k < sizeof n_toks / sizeof n_toks[0]; k++)
+                        check_matmul_p((enum dl_isa)isa, pool, types[ty], rows[r], cols[c], n_toks[k], 1);
+                    check_matmul_p((enum dl_isa)isa, pool, types[ty], rows[r], cols[c], 40, 1);
+                }
+    }
+    dl_pool *pool2 = dl_pool_create(2);
+    ck_assert_ptr_nonnull(pool2);
+    check_matmul_p(DL_ISA_AVX512, pool2, DL_TYPE_F16, 83, 2560, 1, 1);
+    check_matmul_p(DL_ISA_AVX512, pool2, DL_TYPE_BF16, 83, 2560, 3, 1);
+    dl_pool_free(pool2);
+    dl_pool_free(pool);
+    dl_isa_force(DL_ISA_AVX512);
+}
+END_TEST
+
+/* A row read back from a weight, repacked or not, is the reference dequantisation. */
+START_TEST(test_weight_get_row)
+{
+    static const uint32_t types[] = {DL_TYPE_F16, DL_TYPE_BF16, DL_TYPE_Q4_0, DL_TYPE_Q8_0,
+                                     DL_TYPE_F32, DL_TYPE_Q6_K};
+    for (int ty = 0; ty < 6; ty++) {
+        rng_state = 31 + types[ty];
+        const int64_t rows = 35, cols = types[ty] == DL_TYPE_Q6_K ? 512 : 96;
+        tw t;
+        tw_make(&t, types[ty], rows, cols);
+        float *got = malloc(sizeof(float) * (size_t)cols);
+        ck_assert_ptr_nonnull(got);
+        for (int prep = 0; prep < 2; prep++) { /* as mapped, then repacked */
+            void *owned = NULL;
+            dl_isa_force(DL_ISA_AVX512);
+            if (prep)
+                ck_assert_int_eq(dl_weight_prepare(&t.w, &owned, NULL, 0), 0);
+            if (owned) /* the row must come from the copy */
+                memset(t.data, 0x7b, t.w.row_bytes * (size_t)rows);
+            for (int64_t r = 0; r < rows; r++) {
+                dl_weight_get_row(&t.w, r, got);
+                ck_assert_msg(memcmp(got, t.deq + r * cols, sizeof(float) * (size_t)cols) == 0,
+                              "%s prepared %d row %ld differs", dl_type_info(types[ty])->name,
+                              owned != NULL, (long)r);
+            }
+            free(owned); /* the last round: the original is garbage now */
+        }
+        free(got);
+        tw_free(&t);
+    }
+}
+END_TEST
+
 /* Types and ISAs without a packed layout are left as they are; F32 (the golden test's
- * weights) in particular is never repacked. */
+ * weights) in particular is never repacked. The packed sizes are as kern_impl.h lays out. */
 START_TEST(test_prepare_leaves_others)
 {
-    static const uint32_t types[] = {DL_TYPE_F32, DL_TYPE_F16, DL_TYPE_Q4_K, DL_TYPE_Q6_K};
-    for (int i = 0; i < 4; i++) {
+    static const uint32_t types[] = {DL_TYPE_F32, DL_TYPE_Q4_K, DL_TYPE_Q6_K};
+    for (int i = 0; i < 3; i++) {
         tw t;
         tw_make(&t, types[i], 5, 256);
         dl_weight before = t.w;
@@ -307,6 +371,14 @@ START_TEST(test_prepare_leaves_others)
         ck_assert_ptr_nonnull(owned);
     }
     free(owned);
+    tw_free(&t);
+    /* F16: two 16-row groups of 37 columns x 16 rows x 2 bytes, not on AVX2 */
+    tw_make(&t, DL_TYPE_F16, 17, 37);
+    dl_isa_force(DL_ISA_AVX2);
+    ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 0);
+    dl_isa_force(DL_ISA_AVX512);
+    if (dl_isa_active() == DL_ISA_AVX512)
+        ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 2 * 37 * 32);
     tw_free(&t);
 }
 END_TEST
@@ -527,6 +599,8 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_matmul_many_tokens);
     tcase_add_test(tc, test_matmul_no_scratch);
     tcase_add_test(tc, test_matmul_prepared);
+    tcase_add_test(tc, test_matmul_prepared_half);
+    tcase_add_test(tc, test_weight_get_row);
     tcase_add_test(tc, test_prepare_leaves_others);
     tcase_add_test(tc, test_vector_kernels);
     tcase_add_test(tc, test_scalar_matches_llama2c);
