@@ -459,11 +459,19 @@ static inline dl_fp16 delta_round(float delta, int vb)
         delta = 448.0f;
     if (delta < -448.0f)
         delta = -448.0f;
-    /* to nearest even at the spacing of E4M3 around |δ|: 2^(e - 3) for |δ| in
-     * [2^e, 2^(e+1)), e >= -6; 2^-9 (subnormals) below 2^-6 */
-    int e = fabsf(delta) >= 0x1p-6f ? ilogbf(delta) : -6;
-    float r = ldexpf(rintf(ldexpf(delta, 3 - e)), e - 3);
-    return dl_f32_to_fp16(r); /* exact: 3 mantissa bits, 2^-9 <= |r| <= 448 */
+    /* to nearest even at the spacing of E4M3 around |δ|: 3 mantissa bits from 2^-6 up
+     * (rounding the fp32 bits), steps of 2^-9 (its subnormals) below. No libm calls:
+     * this runs for every element the theta bisection simulates. */
+    float a = fabsf(delta), r;
+    if (a >= 0x1p-6f) {
+        uint32_t u;
+        memcpy(&u, &a, 4);
+        u = (u + 0x7FFFFu + ((u >> 20) & 1u)) & ~0xFFFFFu;
+        memcpy(&r, &u, 4);
+    } else {
+        r = ((a * 512.0f + 0x1p23f) - 0x1p23f) * (1.0f / 512.0f); /* ties to even */
+    }
+    return dl_f32_to_fp16(copysignf(r, delta)); /* exact: 3 mantissa bits, |r| <= 448 */
 }
 
 /* The E4M3 bits of a value delta_round(., 1) returned. */

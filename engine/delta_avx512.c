@@ -775,14 +775,47 @@ DL__AI void eblock4v(const uint16_t *em, const uint8_t *vp, const float *const *
         A[i] = VB == 1 ? _mm512_mul_ps(_mm512_add_ps(A[i], B[i]), sc) : _mm512_add_ps(A[i], B[i]);
 }
 
-static void eblock4(const dl__dhead *h, int b, const float *const *q, int d, __m512 *A)
+/* The same from fp32 values (the block's 8-bit values widened first, all at once). */
+static void eblock4f(const uint16_t *em, const float *vp, const float *const *q, int d,
+                     __m512 *A)
+{
+    __m512 B[4];
+    for (int i = 0; i < 4; i++)
+        A[i] = B[i] = _mm512_setzero_ps();
+    for (int e = 0; e < d; e += 2) {
+        unsigned m0 = em[e], m1 = em[e + 1];
+        __m512 x0 = _mm512_maskz_expand_ps((__mmask16)m0, _mm512_loadu_ps(vp));
+        vp += __builtin_popcount(m0);
+        __m512 x1 = _mm512_maskz_expand_ps((__mmask16)m1, _mm512_loadu_ps(vp));
+        vp += __builtin_popcount(m1);
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            A[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][e]), x0, A[i]);
+            B[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][e + 1]), x1, B[i]);
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        A[i] = _mm512_add_ps(A[i], B[i]);
+}
+
+/* A[i] lane j = q[i] . Δk of position 16b + j for four rows; vbuf: scratch for the
+ * block's values widened to fp32 (16 d + 16 floats). */
+static void eblock4(const dl__dhead *h, int b, const float *const *q, int d, __m512 *A,
+                    float *vbuf)
 {
     const uint16_t *em = h->emask + (size_t)b * d;
     const uint8_t *vp = h->val + (size_t)h->blk[b] * h->vb;
-    if (h->vb == 1)
-        eblock4v(em, vp, q, d, A, 1);
-    else
+    if (h->vb == 2) {
         eblock4v(em, vp, q, d, A, 2);
+        return;
+    }
+    /* 8-bit values: widening each element's 16 lanes on the way costs 4 instructions per
+     * element; widening the block's values in one pass costs 4 per 16 values */
+    int n = (int)(h->blk[b + 1] - h->blk[b]);
+    const __m512 s256 = _mm512_set1_ps(256.0f);
+    for (int i = 0; i < n; i += 16)
+        _mm512_storeu_ps(vbuf + i, _mm512_mul_ps(dvals16(vp + i, 1), s256));
+    eblock4f(em, vbuf, q, d, A);
 }
 
 /* The same for the open block (row-major staging, npos positions): its deltas are laid
@@ -892,7 +925,7 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
             for (int g = 0; g < n4; g += 4) {
                 __m512 A[4];
                 if (b < k->nfull)
-                    eblock4(h, b, q + g, d, A);
+                    eblock4(h, b, q + g, d, A, colT);
                 else
                     oblock4(k, b, T - b * DL__DBLK < DL__DBLK ? T - b * DL__DBLK : DL__DBLK,
                             q + g, colT, A);
