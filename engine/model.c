@@ -768,6 +768,20 @@ static void matmul(dl_ctx *c, const weight *w, const float *x, float *y, int T)
 static void matmul_shared(dl_ctx *c, const float *x, int T, int n, const weight *const w[],
                           float *const y[])
 {
+    int all_ternary = n <= DL_TERNARY_MULTI_MAX;
+    for (int i = 0; i < n; i++)
+        all_ternary &= dl_is_ternary(w[i]->w.type) && w[i]->w.cols == w[0]->w.cols;
+    if (all_ternary) { /* one dispatch for all of them */
+        const dl_weight *tw[DL_TERNARY_MULTI_MAX];
+        float sc[DL_TERNARY_MULTI_MAX];
+        for (int i = 0; i < n; i++) {
+            tw[i] = &w[i]->w;
+            sc[i] = w[i]->scale;
+        }
+        dl_ternary_quantize(c->pool, x, T, w[0]->w.cols, c->tq_scratch);
+        dl_ternary_matmul_q_multi(c->pool, n, tw, sc, c->tq_scratch, y, T);
+        return;
+    }
     int quantised = 0;
     for (int i = 0; i < n; i++) {
         if (!dl_is_ternary(w[i]->w.type)) {

@@ -9,6 +9,7 @@
  * sum(code * q) - sum(q): the sums turn it into sum((code - 1) * q). */
 #include "ternary.h"
 
+#include <errno.h>
 #include <math.h>
 #include <string.h>
 
@@ -312,6 +313,49 @@ void dl_ternary_matmul_q(dl_pool *pool, const dl_weight *w, float scale, const v
     mm_args a = {w, scale, view((void *)scratch, n_tok, w->cols), y, n_tok, pick_dots(),
                  w->packed && w->type == DL_TYPE_I2_S && dl_isa_active() == DL_ISA_AVX512};
     dl_pool_run(pool, mm_task, &a);
+}
+
+/* Several products in one pool dispatch: the row tiles of all the weights are numbered
+ * one after another and the threads split that one range, so a decode step does one
+ * wake-up and one barrier for Q, K and V (and for gate and up) instead of one each —
+ * at one token a small product such as K (640 rows) costs about what the dispatch does. */
+typedef struct mm_multi {
+    int n;
+    mm_args a[DL_TERNARY_MULTI_MAX];
+    long first[DL_TERNARY_MULTI_MAX + 1]; /* first global tile of each weight, then the total */
+} mm_multi;
+
+static void mm_multi_task(void *arg, int ith, int nth)
+{
+    const mm_multi *m = arg;
+    long lo, hi;
+    dl_split(m->first[m->n], ith, nth, &lo, &hi);
+    for (int i = 0; i < m->n; i++) {
+        long a0 = lo > m->first[i] ? lo : m->first[i];
+        long a1 = hi < m->first[i + 1] ? hi : m->first[i + 1];
+        if (a0 < a1)
+            mm_tiles(&m->a[i], a0 - m->first[i], a1 - m->first[i]);
+    }
+}
+
+int dl_ternary_matmul_q_multi(dl_pool *pool, int n, const dl_weight *const w[],
+                              const float scale[], const void *scratch, float *const y[],
+                              int n_tok)
+{
+    if (n < 1 || n > DL_TERNARY_MULTI_MAX)
+        return -EINVAL;
+    mm_multi m = { .n = n };
+    for (int i = 0; i < n; i++) {
+        if (w[i]->cols != w[0]->cols)
+            return -EINVAL;
+        m.a[i] = (mm_args){w[i], scale[i], view((void *)scratch, n_tok, w[i]->cols), y[i], n_tok,
+                           pick_dots(),
+                           w[i]->packed && w[i]->type == DL_TYPE_I2_S &&
+                               dl_isa_active() == DL_ISA_AVX512};
+        m.first[i + 1] = m.first[i] + (long)((w[i]->rows + ROW_TILE - 1) / ROW_TILE);
+    }
+    dl_pool_run(pool, mm_multi_task, &m);
+    return 0;
 }
 
 void dl_ternary_matmul(dl_pool *pool, const dl_weight *w, float scale, const float *x,

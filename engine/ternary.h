@@ -33,6 +33,13 @@ void dl_ternary_quantize(dl_pool *pool, const float *x, int n_tok, int64_t cols,
 void dl_ternary_matmul_q(dl_pool *pool, const dl_weight *w, float scale, const void *scratch,
                          float *y, int n_tok);
 
+/* dl_ternary_matmul_q for n <= DL_TERNARY_MULTI_MAX weights with the same columns and the
+ * same quantised input, in one pool dispatch (y[i] = W[i] x). -EINVAL: bad n, columns differ. */
+#define DL_TERNARY_MULTI_MAX 4
+int dl_ternary_matmul_q_multi(dl_pool *pool, int n, const dl_weight *const w[],
+                              const float scale[], const void *scratch, float *const y[],
+                              int n_tok);
+
 /* Both steps. */
 void dl_ternary_matmul(dl_pool *pool, const dl_weight *w, float scale, const float *x,
                        float *y, int n_tok, void *scratch);

@@ -1,5 +1,6 @@
 /* test_bitnet.c — BitNet b1.58: ternary types, loader checks, ternary kernels on every ISA,
  * and the tiny model's forward pass against an independent float reference. */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -271,6 +272,31 @@ START_TEST(test_load_hparams)
 }
 END_TEST
 
+/* Three products of the same quantised input in one dispatch give each the bits of the
+ * single product (y0) — the row tiles of the three are split between the threads as one
+ * range, so the split falls inside different weights. */
+static void check_multi(dl_pool *pool, const dl_weight *w, float scale, const float *x,
+                        int n_tok, void *scratch, const float *y0)
+{
+    size_t n = (size_t)n_tok * (size_t)w->rows;
+    float *ys[3];
+    const dl_weight *ws[3] = {w, w, w};
+    const float sc[3] = {scale, scale, scale};
+    for (int i = 0; i < 3; i++)
+        ys[i] = calloc(n, sizeof(float));
+    dl_ternary_quantize(pool, x, n_tok, w->cols, scratch);
+    ck_assert_int_eq(dl_ternary_matmul_q_multi(pool, 3, ws, sc, scratch, ys, n_tok), 0);
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(memcmp(ys[i], y0, n * sizeof(float)) == 0,
+                      "type %u multi product %d differs (%lld rows, n_tok %d)", w->type, i,
+                      (long long)w->rows, n_tok);
+    ck_assert_int_eq(dl_ternary_matmul_q_multi(pool, 0, ws, sc, scratch, ys, n_tok), -EINVAL);
+    ck_assert_int_eq(dl_ternary_matmul_q_multi(pool, DL_TERNARY_MULTI_MAX + 1, ws, sc, scratch,
+                                               ys, n_tok), -EINVAL);
+    for (int i = 0; i < 3; i++)
+        free(ys[i]);
+}
+
 /* ---- kernels ---------------------------------------------------------------------------- */
 
 static void check_kernel(uint32_t type, int64_t rows, int64_t cols, int n_tok)
@@ -320,6 +346,8 @@ static void check_kernel(uint32_t type, int64_t rows, int64_t cols, int n_tok)
         ck_assert_msg(memcmp(y0, y1, (size_t)(n_tok * rows) * sizeof *y1) == 0,
                       "type %u isa %s differs from scalar", type, dl_isa_name((enum dl_isa)isa));
     }
+    dl_isa_force(dl_isa_detect());
+    check_multi(pool, &w, scale, x, n_tok, scratch, y0);
     /* repacked at load (AVX-512, I2_S): the same bits, from the copy alone */
     dl_isa_force(dl_isa_detect());
     void *owned = NULL;
@@ -334,6 +362,7 @@ static void check_kernel(uint32_t type, int64_t rows, int64_t cols, int n_tok)
         ck_assert_msg(memcmp(y0, y1, (size_t)(n_tok * rows) * sizeof *y1) == 0,
                       "type %u packed %lldx%lld n_tok %d differs from scalar", type,
                       (long long)rows, (long long)cols, n_tok);
+        check_multi(pool, &w, scale, x, n_tok, scratch, y0);
         free(garbage);
         free(owned);
     }
