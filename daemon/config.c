@@ -354,12 +354,18 @@ void dl_config_usage(FILE *out)
         fprintf(out, "  --%-22s %s\n", keys[i].name, keys[i].help);
 }
 
-/* DELTALLM_MAX_QUEUE -> max-queue; NULL when the name is not one of ours. */
+/* DELTALLM_MAX_QUEUE -> max-queue; -1 when the name is not one of ours. The engine's own
+ * variables (DELTALLM_ISA caps the instruction set, DELTALLM_MODELS is where `deltallm
+ * pull` keeps models) share the prefix and are not daemon keys: skipped, not refused. */
 static int env_to_key(const char *name, size_t n, char *out, size_t cap)
 {
     static const char pfx[] = "DELTALLM_";
+    static const char *const engine_vars[] = {"DELTALLM_ISA", "DELTALLM_MODELS"};
     if (n <= sizeof pfx - 1 || strncmp(name, pfx, sizeof pfx - 1) || n - 9 >= cap)
         return -1;
+    for (size_t i = 0; i < sizeof engine_vars / sizeof engine_vars[0]; i++)
+        if (strlen(engine_vars[i]) == n && !strncmp(name, engine_vars[i], n))
+            return -1;
     size_t j = 0;
     for (size_t i = sizeof pfx - 1; i < n; i++)
         out[j++] = name[i] == '_' ? '-' : (char)tolower((unsigned char)name[i]);

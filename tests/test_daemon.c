@@ -1058,7 +1058,9 @@ START_TEST(config_precedence)
     char cfgarg[64];
     snprintf(cfgarg, sizeof cfgarg, "--config=%s", path);
     char *argv[] = {"deltallmd", cfgarg, "--threads", "5", "--model", "m.gguf", NULL};
-    char *envp[] = {"DELTALLM_PORT=2222", "DELTALLM_THREADS=4", "DELTALLM_DELTA_WINDOW=8", NULL};
+    /* DELTALLM_ISA / DELTALLM_MODELS are the engine's, not daemon keys: ignored */
+    char *envp[] = {"DELTALLM_PORT=2222", "DELTALLM_THREADS=4", "DELTALLM_DELTA_WINDOW=8",
+                    "DELTALLM_ISA=avx2", "DELTALLM_MODELS=/nowhere", NULL};
     dl_config c;
     char err[512];
     ck_assert_int_eq(dl_config_from_args(&c, 6, argv, envp, stdout, err, sizeof err), 0);
