@@ -151,6 +151,7 @@ void dl_delta_params_default(dl_delta_params *p)
     p->stages = DL_STAGE_BOTH;
     p->prefill_mode = DL_PREFILL_SLIDING;
     p->block_frac = 0.05f;
+    p->value_bits = 8;
 }
 
 int dl_delta_params_check(const dl_delta_params *p, char *err, size_t errlen)
@@ -172,6 +173,8 @@ int dl_delta_params_check(const dl_delta_params *p, char *err, size_t errlen)
         msg = "delta.prefill_mode must be sliding or block";
     else if (!(p->block_frac > 0 && p->block_frac <= 1))
         msg = "delta.block_frac must be in (0, 1]";
+    else if (p->value_bits != 0 && p->value_bits != 8 && p->value_bits != 16)
+        msg = "delta.value_bits must be 8 or 16";
     if (!msg)
         return 0;
     if (err && errlen)
@@ -275,7 +278,10 @@ dl_delta_cache *dl_delta_cache_create(int n_layer, int n_head_kv, int head_dim, 
     c->mb = (head_dim + 7) / 8;
     /* 8-bit deltas unless the settings ask for every element (theta 0, or a target of 0):
      * there fp16 keeps k̂ within fp16 rounding of k, so delta attention equals dense */
-    c->vb = (p->sparsity_target < 0 && p->theta == 0) || p->sparsity_target == 0 ? 2 : 1;
+    c->vb = p->value_bits == 16 || (p->sparsity_target < 0 && p->theta == 0) ||
+                    p->sparsity_target == 0
+                ? 2
+                : 1;
     c->p = *p;
     c->ring_cap = p->window + DL__RING_SLACK;
     c->heads = calloc((size_t)n_layer * (size_t)n_head_kv, sizeof *c->heads);

@@ -266,6 +266,11 @@ START_TEST(test_params)
     ck_assert_ptr_nonnull(strstr(err, "delta.block_frac"));
     q = p, q.block_frac = 1.5f;
     ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    q = p, q.value_bits = 4;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "delta.value_bits"));
+    q = p, q.value_bits = 16;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), 0);
     q = p, q.enabled = 2;
     ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
     ck_assert_ptr_nonnull(strstr(err, "delta.enabled"));
@@ -826,6 +831,145 @@ START_TEST(test_fused_prefill)
 }
 END_TEST
 
+/* Decode at depths that cross the fused decode kernels' key chunks (512 keys): a prefill
+ * of 1020 keys, then decode steps to 1040, with the window / sink boundary before, inside
+ * and across a chunk; head dims a multiple of 16 and AVX2-only ones (40: AVX2 kernels
+ * whatever the machine). */
+START_TEST(test_decode_long)
+{
+    static const int dims[] = { 64, 40 };
+    static const int groups[] = { 4, 3 };
+    static const int windows[] = { 8, 600 };
+    for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
+        if (!isa_available(isas[ii]))
+            continue;
+        dl_isa_force(isas[ii]);
+        for (int si = 0; si < 2; si++) {
+            prob p;
+            prob_make(&p, 1, 1, groups[si], dims[si], 1040, 0.1f, 500 + si);
+            for (int wi = 0; wi < 2; wi++) {
+                dl_delta_params dp;
+                dl_delta_params_default(&dp);
+                dp.sparsity_target = -1; /* these tests give theta */
+                dp.theta = 0.15f;
+                dp.window = windows[wi];
+                dp.sink = wi ? 0 : 5;
+                int chunks[1 + 20] = { 1020 };
+                for (int i = 1; i <= 20; i++)
+                    chunks[i] = 1;
+                double e = run_case(&p, &dp, chunks, 21, 1, 0, NULL);
+                ck_assert_msg(e < 2e-4, "isa %d d %d window %d: err %g", isas[ii], dims[si],
+                              windows[wi], e);
+            }
+            prob_free(&p);
+        }
+    }
+    dl_isa_force(dl_isa_detect());
+}
+END_TEST
+
+/* Head dims that are a multiple of 8 but not of 16 (the AVX2 kernels even on an AVX-512
+ * machine), up to the largest of the fused decode kernels (256), fp16 (theta 0) and
+ * 8-bit deltas, groups not a multiple of 4 and of 16 rows. */
+START_TEST(test_decode_dims8)
+{
+    static const int dims[] = { 8, 24, 200, 256 };
+    static const int groups[] = { 3, 16 };
+    for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
+        if (!isa_available(isas[ii]))
+            continue;
+        dl_isa_force(isas[ii]);
+        for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++)
+            for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++) {
+                prob p;
+                prob_make(&p, 1, 1, groups[gi], dims[di], 60, 0.15f, 700 + di * 5 + gi);
+                for (int cfg = 0; cfg < 2; cfg++) {
+                    dl_delta_params dp;
+                    dl_delta_params_default(&dp);
+                    dp.sparsity_target = -1; /* these tests give theta */
+                    dp.theta = cfg ? 0.2f : 0;
+                    dp.window = cfg ? 5 : 3;
+                    dp.sink = cfg ? 2 : 0;
+                    int chunks[1 + 23] = { 37 };
+                    for (int i = 1; i <= 23; i++)
+                        chunks[i] = 1;
+                    double e = run_case(&p, &dp, chunks, 24, 1, 0, NULL);
+                    ck_assert_msg(e < 2e-4, "isa %d d %d G %d cfg %d: err %g", isas[ii],
+                                  dims[di], groups[gi], cfg, e);
+                }
+                prob_free(&p);
+            }
+    }
+    dl_isa_force(dl_isa_detect());
+}
+END_TEST
+
+/* The dense baseline's decode step (the fused decode kernels with dense != 0) against
+ * softmax attention in double over the same fp16 K/V, across key chunks. */
+START_TEST(test_dense_decode)
+{
+    static const int dims[] = { 64, 40 };
+    for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
+        if (!isa_available(isas[ii]))
+            continue;
+        dl_isa_force(isas[ii]);
+        for (int di = 0; di < 2; di++) {
+            int d = dims[di], n_kv = 2, G = 3, nh = n_kv * G, T = 1030;
+            prob p;
+            prob_make(&p, 1, n_kv, G, d, T, 0.2f, 900 + di);
+            dl_fp16 *kc = malloc((size_t)n_kv * T * d * sizeof(dl_fp16));
+            dl_fp16 *vc = malloc((size_t)n_kv * T * d * sizeof(dl_fp16));
+            for (int g = 0; g < n_kv; g++)
+                for (int t = 0; t < T; t++)
+                    for (int e = 0; e < d; e++) {
+                        kc[((size_t)g * T + t) * d + e] = dl_f32_to_fp16(pk(&p, 0, t)[g * d + e]);
+                        vc[((size_t)g * T + t) * d + e] = dl_f32_to_fp16(pv(&p, 0, t)[g * d + e]);
+                    }
+            dl_delta_params dp;
+            dl_delta_params_default(&dp);
+            char err[128];
+            dl_delta_cache *c = dl_delta_cache_create(1, n_kv, d, T, &dp, err, sizeof err);
+            ck_assert_msg(c != NULL, "%s", err);
+            float *out = malloc((size_t)nh * d * sizeof(float));
+            double *s = malloc((size_t)T * sizeof(double));
+            double maxerr = 0;
+            for (int p0 = T - 3; p0 < T; p0++) {
+                const float *q = pq(&p, 0, p0);
+                ck_assert_int_eq(dl__delta_dense_attention(c, NULL, nh, kc, vc, p0, 1, q, out), 0);
+                for (int h = 0; h < nh; h++) {
+                    int g = h / G;
+                    double m = -INFINITY, sum = 0;
+                    for (int t = 0; t <= p0; t++) {
+                        double a = 0;
+                        for (int e = 0; e < d; e++)
+                            a += (double)q[h * d + e] *
+                                 dl_fp16_to_f32(kc[((size_t)g * T + t) * d + e]);
+                        s[t] = a / sqrt((double)d);
+                        m = fmax(m, s[t]);
+                    }
+                    for (int t = 0; t <= p0; t++)
+                        sum += s[t] = exp(s[t] - m);
+                    for (int e = 0; e < d; e++) {
+                        double a = 0;
+                        for (int t = 0; t <= p0; t++)
+                            a += s[t] * dl_fp16_to_f32(vc[((size_t)g * T + t) * d + e]);
+                        maxerr = fmax(maxerr, fabs(a / sum - out[h * d + e]));
+                    }
+                }
+            }
+            ck_assert_msg(maxerr < 1e-4, "isa %d d %d: dense decode err %g", isas[ii], d, maxerr);
+            free(s);
+            free(out);
+            dl_delta_cache_free(c);
+            free(kc);
+            free(vc);
+            prob_free(&p);
+        }
+    }
+    dl_isa_force(dl_isa_detect());
+}
+END_TEST
+
 static Suite *delta_suite(void)
 {
     Suite *s = suite_create("delta");
@@ -842,6 +986,9 @@ static Suite *delta_suite(void)
     tcase_add_test(tc, test_shared_scratch);
     tcase_add_test(tc, test_bytes_and_target);
     tcase_add_test(tc, test_fused_prefill);
+    tcase_add_test(tc, test_decode_long);
+    tcase_add_test(tc, test_decode_dims8);
+    tcase_add_test(tc, test_dense_decode);
     suite_add_tcase(s, tc);
     return s;
 }
