@@ -75,7 +75,8 @@
 #define DL__TILE_ROWS 64     /* rows (query x head) per unit in prefill; 128 where the fused
                                 prefill kernel runs: each unit decodes the delta stream up
                                 to its queries, so more rows share each decode */
-#define DL__THETA_SAMPLE 512 /* positions simulated when choosing theta */
+#define DL__THETA_SAMPLE 256 /* positions simulated when choosing theta */
+#define DL__THETA_STEPS 20   /* bisection steps: 2^-20 of the range */
 #define DL__QW_MIN 64        /* queries per KV head before decode stops updating weights */
 
 struct dl_delta_cache {
@@ -452,6 +453,22 @@ int dl_delta_cache_truncate(dl_delta_cache *c, int n)
  * windows 8 / 32) E4M3 values left the element sparsity unchanged and moved Δppl by
  * -0.9 to +0.2 points (e.g. target 0.5 / window 32: +0.775% -> +0.796%, KL 0.00597 ->
  * 0.00627), for a K cache 49% instead of 74% of dense there. */
+/* δ clamped to +-448 and rounded to the nearest E4M3 value (ties to even), as a float:
+ * 3 mantissa bits from 2^-6 up (rounding the fp32 bits), steps of 2^-9 (its subnormals)
+ * below. No libm calls and no branches on the data path that matter: it runs for every
+ * element the theta bisection simulates. */
+static inline float e4m3_round(float delta)
+{
+    float a = fabsf(delta);
+    a = a > 448.0f ? 448.0f : a;
+    uint32_t u;
+    memcpy(&u, &a, 4);
+    u = (u + 0x7FFFFu + ((u >> 20) & 1u)) & ~0xFFFFFu;
+    float rn, rs = ((a * 512.0f + 0x1p23f) - 0x1p23f) * (1.0f / 512.0f); /* ties to even */
+    memcpy(&rn, &u, 4);
+    return copysignf(a >= 0x1p-6f ? rn : rs, delta); /* both computed: no branch */
+}
+
 static inline dl_fp16 delta_round(float delta, int vb)
 {
     if (vb == 2) {
@@ -465,19 +482,7 @@ static inline dl_fp16 delta_round(float delta, int vb)
         delta = 448.0f;
     if (delta < -448.0f)
         delta = -448.0f;
-    /* to nearest even at the spacing of E4M3 around |δ|: 3 mantissa bits from 2^-6 up
-     * (rounding the fp32 bits), steps of 2^-9 (its subnormals) below. No libm calls:
-     * this runs for every element the theta bisection simulates. */
-    float a = fabsf(delta), r;
-    if (a >= 0x1p-6f) {
-        uint32_t u;
-        memcpy(&u, &a, 4);
-        u = (u + 0x7FFFFu + ((u >> 20) & 1u)) & ~0xFFFFFu;
-        memcpy(&r, &u, 4);
-    } else {
-        r = ((a * 512.0f + 0x1p23f) - 0x1p23f) * (1.0f / 512.0f); /* ties to even */
-    }
-    return dl_f32_to_fp16(copysignf(r, delta)); /* exact: 3 mantissa bits, |r| <= 448 */
+    return dl_f32_to_fp16(e4m3_round(delta)); /* exact: 3 mantissa bits, |r| <= 448 */
 }
 
 /* The E4M3 bits of a value delta_round(., 1) returned. */
@@ -559,6 +564,15 @@ static uint64_t simulate_zeros(const dl_delta_cache *c, int layer, const float *
         memcpy(r, c->heads[layer * c->n_kv + g].ref, (size_t)d * sizeof(float));
         for (int a = 0; a < n; a++) {
             const float *kt = k + (size_t)a * ks + (size_t)g * d;
+            if (c->vb == 1 && c->len + a > 0) { /* the common case, without fp16 calls */
+                for (int e = 0; e < d; e++) {
+                    float delta = kt[e] - r[e];
+                    int keep = fabsf(delta) * w[e] > theta;
+                    r[e] += keep ? e4m3_round(delta) : 0.0f;
+                    zeros += (uint64_t)!keep;
+                }
+                continue;
+            }
             for (int e = 0; e < d; e++) {
                 float delta = kt[e] - r[e];
                 if (c->len + a == 0 || fabsf(delta) * w[e] > theta)
@@ -605,10 +619,13 @@ static void key_weights(dl_delta_cache *c, int layer, int n_head, const float *q
 /* sparsity_target: theta for a layer is chosen by bisection so that the closed-loop
  * encoder, run from the current references over (a sample of) this call's keys, leaves
  * the target share of elements zero. The share of zeros grows with theta (up to the
- * closed loop's small non-monotonic wiggles), so 30 halvings of [0, 2 max|k - r|] land
- * within rounding of the target. It runs on every prefill call and on the first decode
+ * closed loop's small non-monotonic wiggles), so 20 halvings of [0, 2 max|k - r|] land
+ * within 2^-20 of the range. It runs on every prefill call and on the first decode
  * call of a layer that never had one; decode steps then keep the layer's theta (a single
- * token is too small a sample). The measured sparsity is reported in the stats. */
+ * token is too small a sample). The measured sparsity is reported in the stats.
+ * Cost: DL__THETA_STEPS x DL__THETA_SAMPLE x d x KV heads simulated elements per layer
+ * and call, on the calling thread; at 30 x 512 it was ~25% of a 512-token prefill of the
+ * Llama-3.2-1B shape (perf), hence 20 x 256 and an encoder step without fp16 calls. */
 static float choose_theta(const dl_delta_cache *c, int layer, const float *k, int n)
 {
     int d = c->d, ks = c->n_kv * d;
@@ -629,7 +646,7 @@ static float choose_theta(const dl_delta_cache *c, int layer, const float *k, in
     float lo = 0;
     uint64_t total = (uint64_t)n * (uint64_t)d * (uint64_t)c->n_kv;
     double target = c->p.sparsity_target;
-    for (int it = 0; it < 30; it++) {
+    for (int it = 0; it < DL__THETA_STEPS; it++) {
         float mid = 0.5f * (lo + hi);
         double s = (double)simulate_zeros(c, layer, k, n, mid) / (double)total;
         if (s >= target)
