@@ -554,11 +554,11 @@ static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *
 /* Zeros the encoder would produce for this layer's keys with threshold theta (first
  * DL__THETA_SAMPLE positions of the call, from the current references). */
 static uint64_t simulate_zeros(const dl_delta_cache *c, int layer, const float *k, int n,
-                               float theta)
+                               float theta, int g0, int g1)
 {
     int d = c->d, ks = c->n_kv * d;
     uint64_t zeros = 0;
-    for (int g = 0; g < c->n_kv; g++) {
+    for (int g = g0; g < g1; g++) {
         float r[DL__DMAX];
         const float *w = c->qw + ((size_t)layer * c->n_kv + g) * d;
         memcpy(r, c->heads[layer * c->n_kv + g].ref, (size_t)d * sizeof(float));
@@ -626,7 +626,27 @@ static void key_weights(dl_delta_cache *c, int layer, int n_head, const float *q
  * Cost: DL__THETA_STEPS x DL__THETA_SAMPLE x d x KV heads simulated elements per layer
  * and call, on the calling thread; at 30 x 512 it was ~25% of a 512-token prefill of the
  * Llama-3.2-1B shape (perf), hence 20 x 256 and an encoder step without fp16 calls. */
-static float choose_theta(const dl_delta_cache *c, int layer, const float *k, int n)
+/* One bisection step's simulation, KV heads split across the pool. */
+typedef struct sim_args {
+    const dl_delta_cache *c;
+    int layer, n;
+    const float *k;
+    float theta;
+    _Atomic uint64_t zeros;
+} sim_args;
+
+static void sim_task(void *arg, int ith, int nth)
+{
+    sim_args *a = arg;
+    long g0, g1;
+    dl_split(a->c->n_kv, ith, nth, &g0, &g1);
+    if (g0 < g1)
+        atomic_fetch_add(&a->zeros, simulate_zeros(a->c, a->layer, a->k, a->n, a->theta,
+                                                   (int)g0, (int)g1));
+}
+
+static float choose_theta(const dl_delta_cache *c, dl_pool *pool, int layer, const float *k,
+                          int n)
 {
     int d = c->d, ks = c->n_kv * d;
     if (n > DL__THETA_SAMPLE)
@@ -648,7 +668,10 @@ static float choose_theta(const dl_delta_cache *c, int layer, const float *k, in
     double target = c->p.sparsity_target;
     for (int it = 0; it < DL__THETA_STEPS; it++) {
         float mid = 0.5f * (lo + hi);
-        double s = (double)simulate_zeros(c, layer, k, n, mid) / (double)total;
+        sim_args sa = { .c = c, .layer = layer, .n = n, .k = k, .theta = mid };
+        atomic_init(&sa.zeros, 0);
+        dl_pool_run(pool, sim_task, &sa);
+        double s = (double)atomic_load(&sa.zeros) / (double)total;
         if (s >= target)
             hi = mid;
         else
@@ -988,7 +1011,7 @@ int dl_delta_attention(dl_delta_cache *c, dl_delta_scratch *scr, dl_pool *pool, 
     /* 1-2: theta, then encode keys and store V */
     key_weights(c, layer, n_head, q, n, is_prefill);
     if (c->p.sparsity_target >= 0 && (is_prefill || c->theta[layer] < 0))
-        c->theta[layer] = choose_theta(c, layer, k, n);
+        c->theta[layer] = choose_theta(c, pool, layer, k, n);
     dl__dhead *hs = &c->heads[(size_t)layer * c->n_kv];
     uint64_t zeros = 0;
     for (int g = 0; g < c->n_kv; g++) {
