@@ -791,20 +791,23 @@ static int tile_rows(int d)
 
 /* Per-thread scratch: Qt, Q, acc (rs x d each), r, aux, lo, hi (rs each) and the score
  * matrix of the split kernels (n_ctx x stc). rs bounds a unit's rows (round16 of
- * max(G, tile rows)); stc the rows of a unit that runs the split kernels: all of them,
- * except where the fused kernels take every unit of >= 16 rows (then round16(G), which
- * covers the few-row units of short prefill calls and groups too large for the fused
- * decode kernel). */
+ * max(G, tile rows)); stc the rows of a unit that runs the split kernels (round16 of
+ * max(G, the split kernels' 64-row tile)). */
 static int scratch_rs(int G, int d)
 {
-    int t = tile_rows(d);
+    /* the largest tile of any ISA (a scratch may serve another ISA forced later) */
+    (void)d;
+    int t = 2 * DL__TILE_ROWS;
     return round16(G > t ? G : t);
 }
 
 static int scratch_stc(int G, int d)
 {
-    const dl__dops *ops = dl__delta_ops(d);
-    return ops->attend_wide && d <= ops->wide_max_d ? round16(G) : scratch_rs(G, d);
+    /* the split kernels' tile whatever the ISA: a scratch made under the detected ISA must
+     * also serve a lower one forced later (dl_isa_force in tests, where the lower ISA has
+     * no fused kernel for this head dim) */
+    (void)d;
+    return round16(G > DL__TILE_ROWS ? G : DL__TILE_ROWS);
 }
 
 static size_t scratch_per(int rs, int stc, int d, int n_ctx)

@@ -554,9 +554,307 @@ static void attend_group_avx2(const dl__dunit *u, int dense)
     }
 }
 
+
+/* ---------------------------------------------------------------- fused prefill */
+
+/* Prefill units (>= 16 rows, rs <= DL__WROWS, d <= DL__GDMAX), the AVX2 twin of
+ * attend_wide_avx512 (read its comment in delta_avx512.c): keys in blocks of DL__WBK, the
+ * block's scores only as a DL__WBK x rs tile in L1 instead of the unit's whole score
+ * matrix, an online softmax vectorised over rows, and P.V from the block's V widened
+ * once. The delta sweep is R[rows] += v * Qt[e][rows] per stored (e, v) of Δk_t, from
+ * (offset of Qt row e, fp32 value) pairs decoded once per unit and position. AVX2 has
+ * no vcompressps, so a completed block is decoded straight from its element-major masks:
+ * its values widened once (widen_block), then each element's 16-bit mask walked bit by
+ * bit, appending (e rs, value) to the list of the position the bit names. That costs a
+ * few scalar operations per stored value, against rows / 8 FMAs per value in the sweep.
+ * The open block is read row by row through dl__krow. */
+
+#define DL__WBK 32    /* keys per block: two blocks of the delta stream */
+#define DL__WROWS 128 /* largest unit row stride this kernel takes */
+
+/* Lanes of 8-row vector j that fall in rows [a, b), as a maskstore mask. */
+AI __m256i wlanes(int j, int a, int b)
+{
+    __m256i x = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                 _mm256_set1_epi32(8 * j));
+    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(a), x),
+                               _mm256_cmpgt_epi32(_mm256_set1_epi32(b), x));
+}
+
+/* R[8 j0 .. 8 (j0 + NV)) += Σ_i val[i] * Qt[off[i] + .], i in [0, n); two accumulator
+ * sets alternate so that consecutive values do not wait on each other's FMAs. */
+AI void wsweep8(const float *Qt, const int32_t *off, const float *val, int n, float *R,
+                int j0, const int NV)
+{
+    __m256 A[4], B[4];
+    for (int x = 0; x < NV; x++)
+        A[x] = B[x] = _mm256_setzero_ps();
+    const float *q = Qt + 8 * j0;
+    int i = 0;
+    for (; i + 2 <= n; i += 2) {
+        __m256 b0 = _mm256_broadcast_ss(val + i), b1 = _mm256_broadcast_ss(val + i + 1);
+        const float *q0 = q + off[i], *q1 = q + off[i + 1];
+        for (int x = 0; x < NV; x++) {
+            A[x] = _mm256_fmadd_ps(b0, _mm256_loadu_ps(q0 + 8 * x), A[x]);
+            B[x] = _mm256_fmadd_ps(b1, _mm256_loadu_ps(q1 + 8 * x), B[x]);
+        }
+    }
+    if (i < n) {
+        __m256 b0 = _mm256_broadcast_ss(val + i);
+        const float *q0 = q + off[i];
+        for (int x = 0; x < NV; x++)
+            A[x] = _mm256_fmadd_ps(b0, _mm256_loadu_ps(q0 + 8 * x), A[x]);
+    }
+    for (int x = 0; x < NV; x++)
+        _mm256_storeu_ps(R + 8 * (j0 + x), _mm256_add_ps(_mm256_loadu_ps(R + 8 * (j0 + x)),
+                                                         _mm256_add_ps(A[x], B[x])));
+}
+
+/* s[rows in [a, b)] = key . Qt[.][row] for the 8-row vectors j0 .. j0+NV-1. */
+AI void wexact8(const float *Qt, int rs, int d, const float *key, float *s, int j0, int a,
+                int b, const int NV)
+{
+    __m256 A[4], B[4];
+    for (int x = 0; x < NV; x++)
+        A[x] = B[x] = _mm256_setzero_ps();
+    const float *q = Qt + 8 * j0;
+    for (int e = 0; e < d; e += 2) {
+        __m256 k0 = _mm256_broadcast_ss(key + e), k1 = _mm256_broadcast_ss(key + e + 1);
+        for (int x = 0; x < NV; x++) {
+            A[x] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + (size_t)e * rs + 8 * x), A[x]);
+            B[x] = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q + (size_t)(e + 1) * rs + 8 * x), B[x]);
+        }
+    }
+    for (int x = 0; x < NV; x++)
+        _mm256_maskstore_ps(s + 8 * (j0 + x), wlanes(j0 + x, a, b), _mm256_add_ps(A[x], B[x]));
+}
+
+static void wexact_rows(const float *Qt, int rs, int d, const float *key, float *s, int a,
+                        int b)
+{
+    int j = a / 8, jend = (b + 7) / 8;
+    for (; j + 4 <= jend; j += 4)
+        wexact8(Qt, rs, d, key, s, j, a, b, 4);
+    switch (jend - j) {
+    case 3: wexact8(Qt, rs, d, key, s, j, a, b, 3); break;
+    case 2: wexact8(Qt, rs, d, key, s, j, a, b, 2); break;
+    case 1: wexact8(Qt, rs, d, key, s, j, a, b, 1); break;
+    default: break;
+    }
+}
+
+/* Rows [a, b) of s get src[row], or x where src is NULL. */
+static void wfill_rows(float *s, const float *src, float x, int a, int b)
+{
+    __m256 vx = _mm256_set1_ps(x);
+    for (int j = a / 8; j < (b + 7) / 8; j++)
+        _mm256_maskstore_ps(s + 8 * j, wlanes(j, a, b), src ? _mm256_loadu_ps(src + 8 * j) : vx);
+}
+
+/* acc[i] = acc[i] * corr[i] + Σ_j p[j][i] V[j] for four rows (row stride d), NVD 8-lane
+ * chunks from c0; V is the block widened to fp32 (row stride d), p has row stride rs. */
+AI void wpv4_8(float *acc, const float *corr, const float *p, int rs, const float *vf, int d,
+               int nb, int c0, const int NVD)
+{
+    __m256 a[4][3];
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        __m256 vc = _mm256_broadcast_ss(corr + i);
+        #pragma GCC unroll 3
+        for (int c = 0; c < NVD; c++)
+            a[i][c] = _mm256_mul_ps(_mm256_loadu_ps(acc + (size_t)i * d + c0 + 8 * c), vc);
+    }
+    for (int j = 0; j < nb; j++) {
+        const float *vt = vf + (size_t)j * d + c0, *pj = p + (size_t)j * rs;
+        __m256 v[3];
+        #pragma GCC unroll 3
+        for (int c = 0; c < NVD; c++)
+            v[c] = _mm256_load_ps(vt + 8 * c);
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            __m256 pr = _mm256_broadcast_ss(pj + i);
+            #pragma GCC unroll 3
+            for (int c = 0; c < NVD; c++)
+                a[i][c] = _mm256_fmadd_ps(pr, v[c], a[i][c]);
+        }
+    }
+    #pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        #pragma GCC unroll 3
+        for (int c = 0; c < NVD; c++)
+            _mm256_storeu_ps(acc + (size_t)i * d + c0 + 8 * c, a[i][c]);
+}
+
+/* Completed block b decoded into the lists of positions slot0 .. slot0+15: position
+ * slot's pairs at off / val + slot * d, cnt[slot] of them, in element order. */
+static void wdecode_block(const dl__dhead *h, int d, int rs, int b, int slot0, float *vbuf,
+                          int32_t *off, float *val, int *cnt)
+{
+    widen_block(h, b, vbuf);
+    const uint16_t *em = h->emask + (size_t)b * d;
+    const float *vp = vbuf;
+    int n[DL__DBLK] = { 0 };
+    int32_t *o = off + (size_t)slot0 * d;
+    float *v = val + (size_t)slot0 * d;
+    for (int e = 0; e < d; e++) {
+        int32_t oe = e * rs;
+        for (unsigned m = em[e]; m; m &= m - 1) {
+            int j = __builtin_ctz(m);
+            size_t at = (size_t)j * d + (size_t)n[j]++;
+            o[at] = oe;
+            v[at] = *vp++;
+        }
+    }
+    for (int j = 0; j < DL__DBLK; j++)
+        cnt[slot0 + j] = n[j];
+}
+
+static void attend_wide_avx2(const dl__dunit *u, int dense)
+{
+    pthread_once(&g_xtab_once, xtab_init);
+    const dl__dkeys *k = u->k;
+    int d = k->d, rs = u->rs, rows = u->rows, tend = u->hi[rows - 1];
+    int nvr = (rows + 7) / 8, n4 = (rows + 3) & ~3;
+    float sb[DL__WBK * DL__WROWS] __attribute__((aligned(32)));  /* scores, then p */
+    float vf[DL__WBK * DL__GDMAX] __attribute__((aligned(32)));  /* V block, fp32 */
+    float val[DL__WBK * DL__GDMAX] __attribute__((aligned(32))); /* decoded deltas */
+    int32_t off[DL__WBK * DL__GDMAX] __attribute__((aligned(32)));
+    float vbuf[DL__DBLK * DL__GDMAX + 16] __attribute__((aligned(32)));
+    int cnt[DL__WBK], rfa[DL__WBK], rca[DL__WBK];
+    float mx[DL__WROWS] __attribute__((aligned(32)));
+    float sum[DL__WROWS] __attribute__((aligned(32)));
+    float corr[DL__WROWS] __attribute__((aligned(32)));
+    float kbuf[DL__GDMAX] __attribute__((aligned(32)));
+    int dec_b = -1; /* completed block last decoded */
+    dl__drows cur;
+    dl__drows_init(&cur);
+    int rc = 0, rf = dense ? rows : 0;
+    for (int r = 0; r < rs; r++) {
+        u->r[r] = 0;
+        mx[r] = -INFINITY;
+        sum[r] = 0;
+    }
+    for (int r = 0; r < n4; r++)
+        for (int e = 0; e < d; e += 8)
+            _mm256_storeu_ps(u->acc + (size_t)r * d + e, _mm256_setzero_ps());
+    uint64_t score_ns = 0;
+    for (int t0 = 0; t0 <= tend; t0 += DL__WBK) {
+        int nb = tend + 1 - t0 < DL__WBK ? tend + 1 - t0 : DL__WBK;
+        uint64_t ts = dl__delta_timing ? dl__delta_now_ns() : 0;
+        /* row ranges per key, and the deltas of keys that some row scores from k̂ */
+        for (int j = 0; j < nb; j++) {
+            int t = t0 + j, b = t / DL__DBLK;
+            if (!dense)
+                ranges_at(u, t, &rc, &rf);
+            else
+                while (u->hi[rc] < t)
+                    rc++;
+            rfa[j] = rf;
+            rca[j] = rc;
+            if (rf >= rows)
+                continue;
+            if (b < k->nfull) { /* element-major block: all 16 positions at once */
+                if (dec_b != b) {
+                    dec_b = b;
+                    wdecode_block(k->h, d, rs, b, b * DL__DBLK - t0, vbuf, off, val, cnt);
+                }
+            } else { /* the open block, rows as stored */
+                const uint8_t *m;
+                const dl_fp16 *vt = dl__krow(&cur, k, t, &m);
+                int n = 0;
+                for (int i = 0; i < k->mb; i++)
+                    for (unsigned bits = m[i]; bits; bits &= bits - 1) {
+                        off[(size_t)j * d + n] = (8 * i + __builtin_ctz(bits)) * rs;
+                        val[(size_t)j * d + n++] = dl_fp16_to_f32(*vt++);
+                    }
+                cnt[j] = n;
+            }
+        }
+        /* scores of the block */
+        for (int j = 0; j < nb; j++) {
+            int t = t0 + j, jrf = rfa[j], jrc = rca[j];
+            float *s = sb + (size_t)j * rs;
+            if (jrf < rows) { /* the running sums take the deltas of sink keys too */
+                const int32_t *o = off + (size_t)j * d;
+                const float *v = val + (size_t)j * d;
+                int j0 = jrf / 8;
+                for (; j0 + 4 <= nvr; j0 += 4)
+                    wsweep8(u->Qt, o, v, cnt[j], u->r, j0, 4);
+                switch (nvr - j0) {
+                case 3: wsweep8(u->Qt, o, v, cnt[j], u->r, j0, 3); break;
+                case 2: wsweep8(u->Qt, o, v, cnt[j], u->r, j0, 2); break;
+                case 1: wsweep8(u->Qt, o, v, cnt[j], u->r, j0, 1); break;
+                default: break;
+                }
+                if (t >= k->sink)
+                    wfill_rows(s, u->r, 0, jrf, rows);
+            }
+            int ex_end = t < k->sink ? rows : jrf;
+            if (ex_end > jrc)
+                wexact_rows(u->Qt, rs, d, exact_key(k, t, dense, kbuf), s, jrc, ex_end);
+            wfill_rows(s, NULL, -INFINITY, 0, jrc);
+            wfill_rows(s, NULL, -INFINITY, rows, 8 * nvr); /* padding lanes: p = 0 */
+        }
+        if (dl__delta_timing)
+            score_ns += dl__delta_now_ns() - ts;
+        /* online softmax, vectorised over rows; p replaces the scores */
+        for (int jv = 0; jv < nvr; jv++) {
+            __m256 m = _mm256_set1_ps(-INFINITY);
+            for (int j = 0; j < nb; j++)
+                m = _mm256_max_ps(m, _mm256_load_ps(sb + (size_t)j * rs + 8 * jv));
+            __m256 om = _mm256_load_ps(mx + 8 * jv);
+            __m256 nm = _mm256_max_ps(m, om);
+            __m256 cr = exp_neg8(_mm256_sub_ps(om, nm)); /* 0 while om = -inf (NaN: 0) */
+            __m256 sm = _mm256_setzero_ps();
+            for (int j = 0; j < nb; j++) {
+                float *sj = sb + (size_t)j * rs + 8 * jv;
+                __m256 p = exp_neg8(_mm256_sub_ps(_mm256_load_ps(sj), nm));
+                _mm256_store_ps(sj, p);
+                sm = _mm256_add_ps(sm, p);
+            }
+            _mm256_store_ps(mx + 8 * jv, nm);
+            _mm256_store_ps(corr + 8 * jv, cr);
+            _mm256_store_ps(sum + 8 * jv, _mm256_fmadd_ps(_mm256_load_ps(sum + 8 * jv), cr, sm));
+        }
+        /* P.V: V block widened once, then four rows at a time */
+        const dl_fp16 *vb = k->h->v + (size_t)t0 * d;
+        for (int j = 0; j < nb; j++)
+            for (int e = 0; e < d; e += 8)
+                _mm256_store_ps(vf + (size_t)j * d + e, _mm256_cvtph_ps(_mm_loadu_si128(
+                                                            (const __m128i *)(vb + (size_t)j * d + e))));
+        for (int r0 = 0; r0 < n4; r0 += 4) {
+            int last = r0 + 3 < rows ? r0 + 3 : rows - 1;
+            int gnb = u->hi[last] - t0 + 1; /* keys past the group's last query add 0 */
+            if (gnb <= 0)
+                continue; /* corr is 1 and p 0 for these rows */
+            gnb = gnb < nb ? gnb : nb;
+            float *acc = u->acc + (size_t)r0 * d;
+            int c0 = 0;
+            for (; c0 + 24 <= d; c0 += 24)
+                wpv4_8(acc, corr + r0, sb + r0, rs, vf, d, gnb, c0, 3);
+            switch ((d - c0) / 8) {
+            case 2: wpv4_8(acc, corr + r0, sb + r0, rs, vf, d, gnb, c0, 2); break;
+            case 1: wpv4_8(acc, corr + r0, sb + r0, rs, vf, d, gnb, c0, 1); break;
+            default: break;
+            }
+        }
+    }
+    if (dl__delta_timing)
+        dl__delta_add_score_ns(score_ns);
+    for (int r = 0; r < rows; r++) {
+        __m256 inv = _mm256_set1_ps(1.0f / sum[r]);
+        for (int e = 0; e < d; e += 8)
+            _mm256_storeu_ps(u->acc + (size_t)r * d + e,
+                             _mm256_mul_ps(_mm256_loadu_ps(u->acc + (size_t)r * d + e), inv));
+    }
+}
+
 const dl__dops dl__dops_avx2 = {
     .scores = scores_avx2,
     .scores_dense = scores_dense_avx2,
     .softmax_pv = softmax_pv_avx2,
     .attend_group = attend_group_avx2,
+    .attend_wide = attend_wide_avx2,
+    .wide_max_rs = DL__WROWS,
+    .wide_max_d = DL__GDMAX,
 };
