@@ -171,6 +171,22 @@ START_TEST(test_peaked_scores)
 }
 END_TEST
 
+/* Row counts the SIMD kernels group unevenly: GQA groups of 3 (padded to 4), and query
+ * tiles of 15, 5 or 3 rows, with rows of one group ending in different key blocks. */
+START_TEST(test_uneven_groups)
+{
+    dl_isa_force(isas[_i]);
+    dl_pool *pool = dl_pool_create(2);
+    static const int cfg[][6] = {/* nh, nkv, hd, pos0, n, steps */
+                                 {3, 1, 24, 0, 1, 70}, {6, 2, 40, 0, 1, 40},
+                                 {1, 1, 40, 30, 15, 2}, {7, 1, 8, 3, 5, 3},
+                                 {3, 1, 13, 28, 11, 2}};
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++)
+        run_case(pool, cfg[c][0], cfg[c][1], cfg[c][2], 90, cfg[c][3], cfg[c][4], cfg[c][5]);
+    dl_pool_free(pool);
+}
+END_TEST
+
 static Suite *attention_suite(void)
 {
     Suite *s = suite_create("attention");
@@ -180,6 +196,7 @@ static Suite *attention_suite(void)
     tcase_add_loop_test(tc, test_decode_positions, 0, 3);
     tcase_add_loop_test(tc, test_prefill, 0, 3);
     tcase_add_loop_test(tc, test_peaked_scores, 0, 3);
+    tcase_add_loop_test(tc, test_uneven_groups, 0, 3);
     suite_add_tcase(s, tc);
     return s;
 }
