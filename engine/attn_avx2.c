@@ -50,30 +50,6 @@ AI __m256 hsum8x(const __m256 a[8])
     return _mm256_add_ps(_mm256_permute2f128_ps(y0, y1, 0x20), _mm256_permute2f128_ps(y0, y1, 0x31));
 }
 
-/* exp(x): range reduction by ln2, degree-6 polynomial, exponent built in the integer unit. */
-AI __m256 exp8(__m256 x)
-{
-    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3f)), _mm256_set1_ps(-87.3f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504089f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145751953125f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428606765330187e-06f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 720);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    /* 2^n for n in [-126, 127]: split in two factors so n = 128 cannot overflow. */
-    __m256i ni = _mm256_cvtps_epi32(n);
-    __m256i h = _mm256_srai_epi32(ni, 1);
-    __m256 f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(h, _mm256_set1_epi32(127)), 23));
-    __m256 f2 = _mm256_castsi256_ps(
-        _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), _mm256_set1_epi32(127)), 23));
-    return _mm256_mul_ps(_mm256_mul_ps(p, f1), f2);
-}
-
 /* Scaled scores of R rows (R = 1, 2 or 4) against keys 0..nb-1 of a block: s[r][j].
  * q rows are zero-padded to whole chunks. 8/R keys go through together; a short last
  * group repeats key nb-1 (never reads past the block) and drops the extra sums. */
@@ -189,7 +165,7 @@ AI void block_r(int R, float (*q)[PAD], float (*acc)[PAD], float *mx, float *sum
         corr[r] = expf(mx[r] - nm); /* 0 on the first block (mx = -inf) */
         __m256 vm = _mm256_set1_ps(nm), ps = _mm256_setzero_ps();
         for (int j = 0; j < DL__ATTN_BK; j += 8) {
-            __m256 p = _mm256_and_ps(exp8(_mm256_sub_ps(_mm256_load_ps(s[r] + j), vm)),
+            __m256 p = _mm256_and_ps(exp256(_mm256_sub_ps(_mm256_load_ps(s[r] + j), vm)),
                                      _mm256_castsi256_ps(lanes8(nb - j)));
             _mm256_store_ps(s[r] + j, p);
             ps = _mm256_add_ps(ps, p);

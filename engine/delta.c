@@ -478,10 +478,6 @@ static inline dl_fp16 delta_round(float delta, int vb)
             delta = -65504.0f;
         return dl_f32_to_fp16(delta);
     }
-    if (delta > 448.0f)
-        delta = 448.0f;
-    if (delta < -448.0f)
-        delta = -448.0f;
     return dl_f32_to_fp16(e4m3_round(delta)); /* exact: 3 mantissa bits, |r| <= 448 */
 }
 
@@ -790,25 +786,17 @@ static int tile_rows(int d)
 }
 
 /* Per-thread scratch: Qt, Q, acc (rs x d each), r, aux, lo, hi (rs each) and the score
- * matrix of the split kernels (n_ctx x stc). rs bounds a unit's rows (round16 of
- * max(G, tile rows)); stc the rows of a unit that runs the split kernels (round16 of
- * max(G, the split kernels' 64-row tile)). */
-static int scratch_rs(int G, int d)
+ * matrix of the split kernels (n_ctx x stc). Sized for any ISA, since a scratch made
+ * under the detected one may serve another forced later (dl_isa_force in tests): rs for
+ * the largest tile (round16 of max(G, 128)), stc for the split kernels' tile (round16 of
+ * max(G, 64)). */
+static int scratch_rs(int G)
 {
-    /* the largest tile of any ISA (a scratch may serve another ISA forced later) */
-    (void)d;
     int t = 2 * DL__TILE_ROWS;
     return round16(G > t ? G : t);
 }
 
-static int scratch_stc(int G, int d)
-{
-    /* the split kernels' tile whatever the ISA: a scratch made under the detected ISA must
-     * also serve a lower one forced later (dl_isa_force in tests, where the lower ISA has
-     * no fused kernel for this head dim) */
-    (void)d;
-    return round16(G > DL__TILE_ROWS ? G : DL__TILE_ROWS);
-}
+static int scratch_stc(int G) { return round16(G > DL__TILE_ROWS ? G : DL__TILE_ROWS); }
 
 static size_t scratch_per(int rs, int stc, int d, int n_ctx)
 {
@@ -820,7 +808,7 @@ static size_t scratch_per(int rs, int stc, int d, int n_ctx)
  * cache, again only if a larger pool or group appears — never per token. */
 static int ensure_scratch(dl_delta_cache *c, int nth, int G)
 {
-    int rs = scratch_rs(G, c->d), stc = scratch_stc(G, c->d);
+    int rs = scratch_rs(G), stc = scratch_stc(G);
     if (c->scratch && c->scratch_nth >= nth && c->scratch_rs >= rs && c->scratch_stc >= stc)
         return 0;
     size_t per = scratch_per(rs, stc, c->d, c->n_ctx);
@@ -859,11 +847,11 @@ dl_delta_scratch *dl_delta_scratch_create(int max_ctx, int head_dim, int max_gro
         snprintf(err, errlen, "delta scratch: out of memory");
         return NULL;
     }
-    s->rs = scratch_rs(max_group, head_dim);
+    s->rs = scratch_rs(max_group);
     s->d = head_dim;
     s->n_ctx = max_ctx;
     s->nth = n_threads;
-    s->stc = scratch_stc(max_group, head_dim);
+    s->stc = scratch_stc(max_group);
     s->per = scratch_per(s->rs, s->stc, head_dim, max_ctx);
     s->buf = malloc(s->per * (size_t)n_threads * sizeof(float));
     if (!s->buf) {
@@ -895,8 +883,8 @@ static int pick_scratch(dl_delta_cache *c, dl_delta_scratch *scr, dl_pool *pool,
 {
     int nth = pool ? dl_pool_size(pool) : 1;
     if (scr) {
-        if (scr->d < c->d || scr->rs < scratch_rs(G, c->d) ||
-            scr->stc < scratch_stc(G, c->d) || scr->nth < nth || scr->n_ctx < end)
+        if (scr->d < c->d || scr->rs < scratch_rs(G) ||
+            scr->stc < scratch_stc(G) || scr->nth < nth || scr->n_ctx < end)
             return -EINVAL;
         cl->scratch = scr->buf;
         cl->scratch_per = scr->per;

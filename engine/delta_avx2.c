@@ -217,28 +217,6 @@ static void xtab_init(void)
     }
 }
 
-/* e^x for x <= 0 (softmax arguments): as exp_neg in delta_avx512.c, with 2^n built in
- * the integer unit; x < -87 (incl. -inf) gives 0. */
-AI __m256 exp_neg8(__m256 x)
-{
-    __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ);
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 720);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    /* n in [-126, 0]: 2^n is a normal float */
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_and_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), keep);
-}
-
 /* 8-lane inclusive prefix sum. */
 AI __m256 scan8(__m256 x)
 {
@@ -446,7 +424,7 @@ static float softmax_step(float *x, int n, float *mx, float *sum)
     float corr = expf(*mx - nm); /* 0 on the first chunk (mx = -inf) */
     __m256 vm = _mm256_set1_ps(nm), sm = _mm256_setzero_ps();
     for (int t = 0; t < n8; t += 8) {
-        __m256 e = exp_neg8(_mm256_sub_ps(_mm256_load_ps(x + t), vm));
+        __m256 e = exp256(_mm256_sub_ps(_mm256_load_ps(x + t), vm));
         _mm256_store_ps(x + t, e);
         sm = _mm256_add_ps(sm, e);
     }
@@ -804,11 +782,11 @@ static void attend_wide_avx2(const dl__dunit *u, int dense)
                 m = _mm256_max_ps(m, _mm256_load_ps(sb + (size_t)j * rs + 8 * jv));
             __m256 om = _mm256_load_ps(mx + 8 * jv);
             __m256 nm = _mm256_max_ps(m, om);
-            __m256 cr = exp_neg8(_mm256_sub_ps(om, nm)); /* 0 while om = -inf (NaN: 0) */
+            __m256 cr = exp256(_mm256_sub_ps(om, nm)); /* 0 while om = -inf (NaN: 0) */
             __m256 sm = _mm256_setzero_ps();
             for (int j = 0; j < nb; j++) {
                 float *sj = sb + (size_t)j * rs + 8 * jv;
-                __m256 p = exp_neg8(_mm256_sub_ps(_mm256_load_ps(sj), nm));
+                __m256 p = exp256(_mm256_sub_ps(_mm256_load_ps(sj), nm));
                 _mm256_store_ps(sj, p);
                 sm = _mm256_add_ps(sm, p);
             }

@@ -13,8 +13,8 @@
 #include <math.h>
 
 #include "delta_impl.h"
+#include "simd_avx512.h"
 
-#define DL__AI static inline __attribute__((always_inline))
 
 /* Lanes of vector j (rows 16j .. 16j+15) that fall in rows [a, b). */
 static inline __mmask16 lanes(int j, int a, int b)
@@ -62,7 +62,7 @@ static inline const float *exact_key_f32(const dl__dkeys *k, int t, int dense, f
 
 /* R[0 .. 16 NV) += Σ over key t's stored deltas (e, v) of v * Qt[e][.]. Two accumulator
  * sets alternate so that consecutive deltas do not wait on each other's FMA. */
-DL__AI void sweep_delta(const float *Qt, int rs, int d, const uint8_t *m, const dl_fp16 *val,
+AI void sweep_delta(const float *Qt, int rs, int d, const uint8_t *m, const dl_fp16 *val,
                         float *R, const int NV)
 {
     __m512 A[4], B[4];
@@ -95,7 +95,7 @@ DL__AI void sweep_delta(const float *Qt, int rs, int d, const uint8_t *m, const 
 }
 
 /* s[rows in [a, b)] = key . Qt[.][row] for the vectors j0 .. j0+NV-1. */
-DL__AI void sweep_exact(const float *Qt, int rs, int d, const float *key, float *s, int j0,
+AI void sweep_exact(const float *Qt, int rs, int d, const float *key, float *s, int j0,
                         int a, int b, const int NV)
 {
     __m512 A[4], B[4];
@@ -449,7 +449,7 @@ static void softmax_rows(const dl__dunit *u)
 
 /* acc[r0 .. r0+NR)[c0 .. c0+16 NVD) = Σ_t p[t][r] V[t] * aux[r]; register-blocked so each V
  * chunk is converted once per NR rows. Entries past a row's own position are 0. */
-DL__AI void pv_block(const dl__dunit *u, int r0, int c0, const int NR, const int NVD)
+AI void pv_block(const dl__dunit *u, int r0, int c0, const int NR, const int NVD)
 {
     int d = u->k->d, rs = u->rs, tend = u->hi[r0 + NR - 1];
     const dl_fp16 *v = u->k->h->v + c0;
@@ -526,21 +526,9 @@ static inline __mmask16 first_n(int n)
     return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
 }
 
-/* Sum of each of four vectors, as the four lanes of an xmm. */
-DL__AI __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3)
-{
-    __m512 x01 = _mm512_add_ps(_mm512_shuffle_f32x4(a0, a1, 0x44), _mm512_shuffle_f32x4(a0, a1, 0xEE));
-    __m512 x23 = _mm512_add_ps(_mm512_shuffle_f32x4(a2, a3, 0x44), _mm512_shuffle_f32x4(a2, a3, 0xEE));
-    __m512 y = _mm512_add_ps(_mm512_shuffle_f32x4(x01, x23, 0x88), _mm512_shuffle_f32x4(x01, x23, 0xDD));
-    y = _mm512_add_ps(y, _mm512_permute_ps(y, 0x4E));
-    y = _mm512_add_ps(y, _mm512_permute_ps(y, 0xB1));
-    return _mm512_castps512_ps128(
-        _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), y));
-}
-
 /* s[i][j] = q[i] . kx[j] for four rows and keys 0..nb-1 of the block; NV (d / 16) is a
  * compile-time count up to 4, so the four queries stay in registers. */
-DL__AI void gscores4(const float *const *q, const float *kx, int d, int nb,
+AI void gscores4(const float *const *q, const float *kx, int d, int nb,
                      float s[4][DL__GBK], const int NV)
 {
     float t4[DL__GBK][4] __attribute__((aligned(16)));
@@ -564,7 +552,7 @@ DL__AI void gscores4(const float *const *q, const float *kx, int d, int nb,
             for (int i = 0; i < 4; i++)
                 a[i] = _mm512_fmadd_ps(qr[i][c], k, a[i]);
         }
-        _mm_store_ps(t4[j], hsum4(a[0], a[1], a[2], a[3]));
+        _mm_store_ps(t4[j], hsum4x(a[0], a[1], a[2], a[3]));
     }
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < nb; j++)
@@ -587,17 +575,17 @@ static void gscores4_any(const float *const *q, const float *kx, int d, int nb,
             a2 = _mm512_fmadd_ps(_mm512_loadu_ps(q[2] + c), k, a2);
             a3 = _mm512_fmadd_ps(_mm512_loadu_ps(q[3] + c), k, a3);
         }
-        _mm_store_ps(t4[j], hsum4(a0, a1, a2, a3));
+        _mm_store_ps(t4[j], hsum4x(a0, a1, a2, a3));
     }
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < nb; j++)
             s[i][j] = t4[j][i];
 }
 
-/* acc[i] = acc[i] * corr[i] + Σ_j p[i][j] V[j] for four rows, NVD 16-lane chunks from c0;
- * each V chunk is widened once for the four rows. */
-DL__AI void gpv4(float *const *acc, const float *corr, float p[4][DL__GBK], const dl_fp16 *vb,
-                 int d, int nb, int c0, const int NVD)
+/* acc[i] = acc[i] * corr[i] + Σ_j p[i][j] V[j] for four rows and keys j < nb of vb, NVD
+ * 16-lane chunks from c0; each V chunk is widened once for the four rows. */
+AI void gpv4(float *const *acc, const float *corr, const float *const *p,
+                 const dl_fp16 *vb, int d, int nb, int c0, const int NVD)
 {
     __m512 a[4][4];
     #pragma GCC unroll 4
@@ -628,8 +616,8 @@ DL__AI void gpv4(float *const *acc, const float *corr, float p[4][DL__GBK], cons
             _mm512_storeu_ps(acc[i] + c0 + 16 * c, a[i][c]);
 }
 
-static void gpv(float *const *acc, const float *corr, float p[4][DL__GBK], const dl_fp16 *vb,
-                int d, int nb)
+static void gpv(float *const *acc, const float *corr, const float *const *p,
+                const dl_fp16 *vb, int d, int nb)
 {
     int c0 = 0;
     for (; c0 + 64 <= d; c0 += 64)
@@ -643,7 +631,7 @@ static void gpv(float *const *acc, const float *corr, float p[4][DL__GBK], const
 }
 
 /* Keys t0 .. t0+nb-1 of the dense baseline's fp16 cache as fp32 rows of kx. */
-DL__AI void gkeys(const dl__dkeys *k, int t0, int nb, float *kx, const int NV)
+AI void gkeys(const dl__dkeys *k, int t0, int nb, float *kx, const int NV)
 {
     int d = k->d;
     for (int j = 0; j < nb; j++) {
@@ -718,7 +706,8 @@ static void attend_group_dense(const dl__dunit *u)
                 sum[r] = sum[r] * corr[i] + _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
                 mx[r] = nm;
             }
-            gpv(acc + g, corr, s, vb, d, nb);
+            const float *pr[4] = {s[0], s[1], s[2], s[3]};
+            gpv(acc + g, corr, pr, vb, d, nb);
         }
     }
     if (dl__delta_timing)
@@ -731,7 +720,7 @@ static void attend_group_dense(const dl__dunit *u)
 }
 
 /* 16-lane inclusive prefix sum. */
-DL__AI __m512 scan16(__m512 x)
+AI __m512 scan16(__m512 x)
 {
     const __m512i z = _mm512_setzero_si512();
     x = _mm512_add_ps(x, _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(x), z, 15)));
@@ -742,7 +731,7 @@ DL__AI __m512 scan16(__m512 x)
 }
 
 /* 16 stored deltas from vp as fp32; 8-bit (E4M3) ones come out / 256 (delta_impl.h). */
-DL__AI __m512 dvals16(const uint8_t *vp, const int VB)
+AI __m512 dvals16(const uint8_t *vp, const int VB)
 {
     if (VB == 2)
         return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vp));
@@ -751,31 +740,8 @@ DL__AI __m512 dvals16(const uint8_t *vp, const int VB)
     return _mm512_cvtph_ps(x);
 }
 
-/* A[i] lane j = q[i] . Δk of position 16b + j, four rows, from completed block b. */
-DL__AI void eblock4v(const uint16_t *em, const uint8_t *vp, const float *const *q, int d,
-                     __m512 *A, const int VB)
-{
-    __m512 B[4];
-    for (int i = 0; i < 4; i++)
-        A[i] = B[i] = _mm512_setzero_ps();
-    for (int e = 0; e < d; e += 2) {
-        unsigned m0 = em[e], m1 = em[e + 1];
-        __m512 x0 = _mm512_maskz_expand_ps((__mmask16)m0, dvals16(vp, VB));
-        vp += VB * __builtin_popcount(m0);
-        __m512 x1 = _mm512_maskz_expand_ps((__mmask16)m1, dvals16(vp, VB));
-        vp += VB * __builtin_popcount(m1);
-        #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) {
-            A[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][e]), x0, A[i]);
-            B[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][e + 1]), x1, B[i]);
-        }
-    }
-    __m512 sc = _mm512_set1_ps(VB == 1 ? 256.0f : 1.0f);
-    for (int i = 0; i < 4; i++)
-        A[i] = VB == 1 ? _mm512_mul_ps(_mm512_add_ps(A[i], B[i]), sc) : _mm512_add_ps(A[i], B[i]);
-}
-
-/* The same from fp32 values (the block's 8-bit values widened first, all at once). */
+/* A[i] lane j = q[i] . Δk of position 16b + j, four rows, from a completed block's element
+ * masks em and its values widened to fp32 (vp). */
 static void eblock4f(const uint16_t *em, const float *vp, const float *const *q, int d,
                      __m512 *A)
 {
@@ -803,19 +769,19 @@ static void eblock4f(const uint16_t *em, const float *vp, const float *const *q,
 static void eblock4(const dl__dhead *h, int b, const float *const *q, int d, __m512 *A,
                     float *vbuf)
 {
-    const uint16_t *em = h->emask + (size_t)b * d;
+    /* the block's values widened in one pass (8-bit ones: 4 instructions per 16 values,
+     * where widening each element's 16 lanes on the way cost 4 per element) */
     const uint8_t *vp = h->val + (size_t)h->blk[b] * h->vb;
-    if (h->vb == 2) {
-        eblock4v(em, vp, q, d, A, 2);
-        return;
-    }
-    /* 8-bit values: widening each element's 16 lanes on the way costs 4 instructions per
-     * element; widening the block's values in one pass costs 4 per 16 values */
     int n = (int)(h->blk[b + 1] - h->blk[b]);
-    const __m512 s256 = _mm512_set1_ps(256.0f);
-    for (int i = 0; i < n; i += 16)
-        _mm512_storeu_ps(vbuf + i, _mm512_mul_ps(dvals16(vp + i, 1), s256));
-    eblock4f(em, vbuf, q, d, A);
+    if (h->vb == 2) {
+        for (int i = 0; i < n; i += 16)
+            _mm512_storeu_ps(vbuf + i, dvals16(vp + 2 * i, 2));
+    } else {
+        const __m512 s256 = _mm512_set1_ps(256.0f);
+        for (int i = 0; i < n; i += 16)
+            _mm512_storeu_ps(vbuf + i, _mm512_mul_ps(dvals16(vp + i, 1), s256));
+    }
+    eblock4f(h->emask + (size_t)b * d, vbuf, q, d, A);
 }
 
 /* The same for the open block (row-major staging, npos positions): its deltas are laid
@@ -840,40 +806,6 @@ static void oblock4(const dl__dkeys *k, int b, int npos, const float *const *q, 
         for (int e = 0; e < d; e++)
             A[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][e]), _mm512_load_ps(colT + 16 * e), A[i]);
     }
-}
-
-/* acc[i][c0 ..] = acc[i][c0 ..] * corr[i] + Σ_t p[i][t] V[t][c0 ..] for four rows over
- * keys t = 0 .. n-1 of v, NVD chunks. */
-DL__AI void spv4(float *const *acc, const float *corr, const float *const *p,
-                 const dl_fp16 *v, int d, int n, int c0, const int NVD)
-{
-    __m512 a[4][4];
-    #pragma GCC unroll 4
-    for (int i = 0; i < 4; i++) {
-        __m512 vc = _mm512_set1_ps(corr[i]);
-        #pragma GCC unroll 4
-        for (int c = 0; c < NVD; c++)
-            a[i][c] = _mm512_mul_ps(_mm512_loadu_ps(acc[i] + c0 + 16 * c), vc);
-    }
-    const dl_fp16 *vt = v + c0;
-    for (int t = 0; t < n; t++, vt += d) {
-        __m512 x[4];
-        #pragma GCC unroll 4
-        for (int c = 0; c < NVD; c++)
-            x[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vt + 16 * c)));
-        #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) {
-            __m512 pr = _mm512_set1_ps(p[i][t]);
-            #pragma GCC unroll 4
-            for (int c = 0; c < NVD; c++)
-                a[i][c] = _mm512_fmadd_ps(pr, x[c], a[i][c]);
-        }
-    }
-    #pragma GCC unroll 4
-    for (int i = 0; i < 4; i++)
-        #pragma GCC unroll 4
-        for (int c = 0; c < NVD; c++)
-            _mm512_storeu_ps(acc[i] + c0 + 16 * c, a[i][c]);
 }
 
 #define DL__GCH 512 /* keys per chunk of the delta decode kernel */
@@ -971,17 +903,8 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
         }
         /* P.V of the chunk, four rows at a time */
         const dl_fp16 *vc = h->v + (size_t)c0 * d;
-        for (int g = 0; g < n4; g += 4) {
-            int e0 = 0;
-            for (; e0 + 64 <= d; e0 += 64)
-                spv4(acc + g, corr + g, p + g, vc, d, n, e0, 4);
-            switch ((d - e0) / 16) {
-            case 3: spv4(acc + g, corr + g, p + g, vc, d, n, e0, 3); break;
-            case 2: spv4(acc + g, corr + g, p + g, vc, d, n, e0, 2); break;
-            case 1: spv4(acc + g, corr + g, p + g, vc, d, n, e0, 1); break;
-            default: break;
-            }
-        }
+        for (int g = 0; g < n4; g += 4)
+            gpv(acc + g, corr + g, p + g, vc, d, n);
     }
     if (dl__delta_timing)
         dl__delta_add_score_ns(score_ns);
@@ -1008,7 +931,7 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
 #define DL__WROWS 128/* largest unit row stride the fused prefill kernel takes */
 
 /* R[16 j0 .. 16 (j0 + NV)) += Σ_i val[i] * Qt[off[i] + .], i in [i0, i1). */
-DL__AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, int i1,
+AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, int i1,
                    float *R, int j0, const int NV)
 {
     __m512 A[4], B[4];
@@ -1037,7 +960,7 @@ DL__AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0
 
 /* acc[r0 + i] = acc[r0 + i] * corr[r0 + i] + Σ_j p[j][r0 + i] V[j] for four rows, NVD
  * 16-lane chunks from c0; V is the block widened to fp32 (row stride d). */
-DL__AI void wpv4(float *acc, const float *corr, const float *p, int rs, const float *vf,
+AI void wpv4(float *acc, const float *corr, const float *p, int rs, const float *vf,
                  int d, int nb, int c0, const int NVD)
 {
     __m512 a[4][4];
@@ -1070,7 +993,7 @@ DL__AI void wpv4(float *acc, const float *corr, const float *p, int rs, const fl
 }
 
 /* 16 x 16 transpose in registers: r[i] row i in, r[j] column j out. */
-DL__AI void transpose16(__m512 *r)
+AI void transpose16(__m512 *r)
 {
     __m512 t[16];
     for (int i = 0; i < 16; i += 2) {
@@ -1099,7 +1022,7 @@ DL__AI void transpose16(__m512 *r)
 }
 
 /* Completed block b as 16 fp32 rows tile[j][d] (zeros where nothing is stored). */
-DL__AI void block_tile_v(const dl__dhead *h, int d, int b, float *tile, const int VB)
+AI void block_tile_v(const dl__dhead *h, int d, int b, float *tile, const int VB)
 {
     const uint16_t *em = h->emask + (size_t)b * d;
     const uint8_t *vp = h->val + (size_t)h->blk[b] * VB;

@@ -764,35 +764,27 @@ static void matmul(dl_ctx *c, const weight *w, const float *x, float *y, int T)
         dl_matmul(c->pool, &w->w, x, y, T, c->mm_scratch);
 }
 
-/* n products of the same input x (Q/K/V, gate/up): ternary ones share one int8 copy. */
+/* n products of the same input x (Q/K/V, gate/up): ternary ones share one int8 copy and
+ * one pool dispatch. */
 static void matmul_shared(dl_ctx *c, const float *x, int T, int n, const weight *const w[],
                           float *const y[])
 {
     int all_ternary = n <= DL_TERNARY_MULTI_MAX;
     for (int i = 0; i < n; i++)
         all_ternary &= dl_is_ternary(w[i]->w.type) && w[i]->w.cols == w[0]->w.cols;
-    if (all_ternary) { /* one dispatch for all of them */
-        const dl_weight *tw[DL_TERNARY_MULTI_MAX];
-        float sc[DL_TERNARY_MULTI_MAX];
-        for (int i = 0; i < n; i++) {
-            tw[i] = &w[i]->w;
-            sc[i] = w[i]->scale;
-        }
-        dl_ternary_quantize(c->pool, x, T, w[0]->w.cols, c->tq_scratch);
-        dl_ternary_matmul_q_multi(c->pool, n, tw, sc, c->tq_scratch, y, T);
+    if (!all_ternary) { /* llama-family weights (a mixed set quantises per product) */
+        for (int i = 0; i < n; i++)
+            matmul(c, w[i], x, y[i], T);
         return;
     }
-    int quantised = 0;
+    const dl_weight *tw[DL_TERNARY_MULTI_MAX];
+    float sc[DL_TERNARY_MULTI_MAX];
     for (int i = 0; i < n; i++) {
-        if (!dl_is_ternary(w[i]->w.type)) {
-            dl_matmul(c->pool, &w[i]->w, x, y[i], T, c->mm_scratch);
-            continue;
-        }
-        if (!quantised)
-            dl_ternary_quantize(c->pool, x, T, w[i]->w.cols, c->tq_scratch);
-        quantised = 1;
-        dl_ternary_matmul_q(c->pool, &w[i]->w, w[i]->scale, c->tq_scratch, y[i], T);
+        tw[i] = &w[i]->w;
+        sc[i] = w[i]->scale;
     }
+    dl_ternary_quantize(c->pool, x, T, w[0]->w.cols, c->tq_scratch);
+    dl_ternary_matmul_q_multi(c->pool, n, tw, sc, c->tq_scratch, y, T); /* one dispatch */
 }
 
 /* out = relu(gate)^2 * up: the BitNet b1.58 FFN gate. */

@@ -299,21 +299,7 @@ static void mm_tiles(const mm_args *a, long lo, long hi)
     }
 }
 
-static void mm_task(void *arg, int ith, int nth)
-{
-    const mm_args *a = arg;
-    long lo, hi;
-    dl_split((a->w->rows + ROW_TILE - 1) / ROW_TILE, ith, nth, &lo, &hi);
-    mm_tiles(a, lo, hi);
-}
 
-void dl_ternary_matmul_q(dl_pool *pool, const dl_weight *w, float scale, const void *scratch,
-                         float *y, int n_tok)
-{
-    mm_args a = {w, scale, view((void *)scratch, n_tok, w->cols), y, n_tok, pick_dots(),
-                 w->packed && w->type == DL_TYPE_I2_S && dl_isa_active() == DL_ISA_AVX512};
-    dl_pool_run(pool, mm_task, &a);
-}
 
 /* Several products in one pool dispatch: the row tiles of all the weights are numbered
  * one after another and the threads split that one range, so a decode step does one
@@ -356,6 +342,12 @@ int dl_ternary_matmul_q_multi(dl_pool *pool, int n, const dl_weight *const w[],
     }
     dl_pool_run(pool, mm_multi_task, &m);
     return 0;
+}
+
+void dl_ternary_matmul_q(dl_pool *pool, const dl_weight *w, float scale, const void *scratch,
+                         float *y, int n_tok)
+{
+    dl_ternary_matmul_q_multi(pool, 1, &w, &scale, scratch, &y, n_tok);
 }
 
 void dl_ternary_matmul(dl_pool *pool, const dl_weight *w, float scale, const float *x,

@@ -227,6 +227,18 @@ static double run_case(const prob *p, const dl_delta_params *dp, const int *chun
     return maxerr;
 }
 
+/* run_case for one prefill call of n0 tokens followed by n1 decode steps of one token. */
+static double run_prefill_decode(const prob *p, const dl_delta_params *dp, int n0, int n1)
+{
+    int *chunks = malloc((size_t)(n1 + 1) * sizeof *chunks);
+    chunks[0] = n0;
+    for (int i = 1; i <= n1; i++)
+        chunks[i] = 1;
+    double e = run_case(p, dp, chunks, n1 + 1, 1, 0, NULL);
+    free(chunks);
+    return e;
+}
+
 static const enum dl_isa isas[] = { DL_ISA_SCALAR, DL_ISA_AVX2, DL_ISA_AVX512 };
 
 static int isa_available(enum dl_isa isa) { return dl_isa_detect() >= isa; }
@@ -322,10 +334,7 @@ START_TEST(test_oracle_sliding)
                     dp.theta = 0.2f;
                     dp.window = windows[wi];
                     dp.sink = sinks[si];
-                    int chunks[1 + 20] = { 40 };
-                    for (int i = 1; i <= 20; i++)
-                        chunks[i] = 1;
-                    double e = run_case(&p, &dp, chunks, 21, 1, 0, NULL);
+                    double e = run_prefill_decode(&p, &dp, 40, 20);
                     ck_assert_msg(e < 2e-4, "isa %d G %d w %d sink %d: err %g", isas[ii],
                                   groups[gi], windows[wi], sinks[si], e);
                 }
@@ -422,10 +431,7 @@ START_TEST(test_decode_shapes)
                     dp.theta = 0.2f;
                     dp.window = cfg == 0 ? 1 : cfg == 1 ? 7 : 40;
                     dp.sink = cfg == 1 ? 3 : cfg == 2 ? 33 : 0;
-                    int chunks[1 + 45] = { 37 };
-                    for (int i = 1; i <= 45; i++)
-                        chunks[i] = 1;
-                    double e = run_case(&p, &dp, chunks, 46, 1, 0, NULL);
+                    double e = run_prefill_decode(&p, &dp, 37, 45);
                     ck_assert_msg(e < 2e-4, "isa %d d %d G %d cfg %d: err %g", isas[ii],
                                   dims[di], groups[gi], cfg, e);
                 }
@@ -854,10 +860,7 @@ START_TEST(test_decode_long)
                 dp.theta = 0.15f;
                 dp.window = windows[wi];
                 dp.sink = wi ? 0 : 5;
-                int chunks[1 + 20] = { 1020 };
-                for (int i = 1; i <= 20; i++)
-                    chunks[i] = 1;
-                double e = run_case(&p, &dp, chunks, 21, 1, 0, NULL);
+                double e = run_prefill_decode(&p, &dp, 1020, 20);
                 ck_assert_msg(e < 2e-4, "isa %d d %d window %d: err %g", isas[ii], dims[si],
                               windows[wi], e);
             }
@@ -890,10 +893,7 @@ START_TEST(test_decode_dims8)
                     dp.theta = cfg ? 0.2f : 0;
                     dp.window = cfg ? 5 : 3;
                     dp.sink = cfg ? 2 : 0;
-                    int chunks[1 + 23] = { 37 };
-                    for (int i = 1; i <= 23; i++)
-                        chunks[i] = 1;
-                    double e = run_case(&p, &dp, chunks, 24, 1, 0, NULL);
+                    double e = run_prefill_decode(&p, &dp, 37, 23);
                     ck_assert_msg(e < 2e-4, "isa %d d %d G %d cfg %d: err %g", isas[ii],
                                   dims[di], groups[gi], cfg, e);
                 }
