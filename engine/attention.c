@@ -20,12 +20,8 @@ void dl_kv_store(const dl_attn_shape *s, dl_fp16 *kc, dl_fp16 *vc, int pos0, int
     for (int i = 0; i < n; i++)
         for (int h = 0; h < s->n_kv; h++) {
             size_t dst = ((size_t)h * s->n_ctx + (size_t)(pos0 + i)) * hd;
-            const float *ks = k + (size_t)i * kvw + (size_t)h * hd;
-            const float *vs = v + (size_t)i * kvw + (size_t)h * hd;
-            for (int e = 0; e < hd; e++) {
-                kc[dst + e] = dl_f32_to_fp16(ks[e]);
-                vc[dst + e] = dl_f32_to_fp16(vs[e]);
-            }
+            dl_f32_to_fp16_row(kc + dst, k + (size_t)i * kvw + (size_t)h * hd, hd);
+            dl_f32_to_fp16_row(vc + dst, v + (size_t)i * kvw + (size_t)h * hd, hd);
         }
 }
 

@@ -469,6 +469,16 @@ static inline float e4m3_round(float delta)
     return copysignf(a >= 0x1p-6f ? rn : rs, delta); /* both computed: no branch */
 }
 
+/* An E4M3 value (0 or 2^-9 <= |x| <= 448, 3 mantissa bits) as fp16 bits: exact, and
+ * without the general conversion (rebias the exponent, keep the top mantissa bits). */
+static inline dl_fp16 e4m3_to_fp16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    uint32_t s = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    return (dl_fp16)(a ? s | (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu) : s);
+}
+
 static inline dl_fp16 delta_round(float delta, int vb)
 {
     if (vb == 2) {
@@ -478,14 +488,59 @@ static inline dl_fp16 delta_round(float delta, int vb)
             delta = -65504.0f;
         return dl_f32_to_fp16(delta);
     }
-    return dl_f32_to_fp16(e4m3_round(delta)); /* exact: 3 mantissa bits, |r| <= 448 */
+    return e4m3_to_fp16(e4m3_round(delta));
 }
 
-/* The E4M3 bits of a value delta_round(., 1) returned. */
-static inline uint8_t e4m3_bits(dl_fp16 x)
+/* The E4M3 bits of a value delta_round(., 1) returned (fp16 bits h): exponent bias 7
+ * instead of 15; below 2^-6 E4M3 is subnormal in steps of 2^-9. */
+static inline uint8_t e4m3_bits(dl_fp16 h)
 {
-    unsigned h = dl_f32_to_fp16(dl_fp16_to_f32(x) * (1.0f / 256.0f)); /* exact */
-    return (uint8_t)(((h >> 8) & 0x80) | ((h >> 7) & 0x7F));
+    unsigned a = h & 0x7fffu, s = (h >> 8) & 0x80u;
+    if (a >= 9u << 10)
+        return (uint8_t)(s | ((a - (8u << 10)) >> 7));
+    return (uint8_t)(s | (a ? (0x400u | (a & 0x3ffu)) >> (16 - (a >> 10)) : 0));
+}
+
+static inline int pop16(unsigned x)
+{
+    x = x - ((x >> 1) & 0x5555u);
+    x = (x & 0x3333u) + ((x >> 2) & 0x3333u);
+    x = (x + (x >> 4)) & 0x0f0fu;
+    return (int)((x + (x >> 8)) & 0x1fu);
+}
+
+/* The open block is complete: store it element-major (per element a 16-bit mask of the
+ * positions it is stored at, then those values in position order). Two walks over the
+ * set bits of the row masks: the element masks, then each value to its slot. */
+static void close_block(const dl_delta_cache *c, dl__dhead *h, int b)
+{
+    int d = c->d, mb = c->mb, off[DL__DMAX];
+    uint16_t *em = h->emask + (size_t)b * d;
+    memset(em, 0, (size_t)d * sizeof *em);
+    for (int r = 0; r < DL__DBLK; r++)
+        for (int i = 0; i < mb; i++)
+            for (unsigned bits = h->smask[r * mb + i]; bits; bits &= bits - 1)
+                em[i * 8 + __builtin_ctz(bits)] |= (uint16_t)(1u << r);
+    int cnt = 0;
+    for (int e = 0; e < d; e++) {
+        off[e] = cnt;
+        cnt += pop16(em[e]);
+    }
+    uint8_t *out = h->val + (size_t)h->blk[b] * c->vb;
+    const dl_fp16 *sv = h->sval;
+    for (int r = 0; r < DL__DBLK; r++)
+        for (int i = 0; i < mb; i++)
+            for (unsigned bits = h->smask[r * mb + i]; bits; bits &= bits - 1) {
+                int e = i * 8 + __builtin_ctz(bits);
+                int at = off[e] + pop16(em[e] & ((1u << r) - 1));
+                dl_fp16 x = *sv++;
+                if (c->vb == 1)
+                    out[at] = e4m3_bits(x);
+                else
+                    memcpy(out + 2 * at, &x, 2);
+            }
+    h->blk[b + 1] = h->blk[b] + (uint32_t)cnt;
+    h->scnt = 0;
 }
 
 /* Append n keys (row stride ks) at positions p0.. of one head store; returns the number
@@ -505,44 +560,24 @@ static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *
         for (int e = 0; e < d; e++) {
             float delta = kt[e] - h->ref[e];
             if (t == 0 || fabsf(delta) * w[e] > theta) { /* the first key is kept whole */
-                dl_fp16 hv = delta_round(delta, c->vb);
-                h->ref[e] += dl_fp16_to_f32(hv);
-                v[stored++] = hv;
+                if (c->vb == 1) { /* the E4M3 value is exact as a float and as an fp16 */
+                    float r = e4m3_round(delta);
+                    h->ref[e] += r;
+                    v[stored++] = e4m3_to_fp16(r);
+                } else {
+                    dl_fp16 hv = delta_round(delta, c->vb);
+                    h->ref[e] += dl_fp16_to_f32(hv);
+                    v[stored++] = hv;
+                }
                 m[e >> 3] |= (uint8_t)(1u << (e & 7));
             }
         }
         h->scnt += stored;
         zeros += (uint64_t)(d - stored);
         if (t < c->p.sink)
-            for (int e = 0; e < d; e++)
-                h->sinkk[(size_t)t * d + e] = dl_f32_to_fp16(kt[e]);
-        if (j == DL__DBLK - 1) { /* the block is complete: transpose it into the stream */
-            int b = t / DL__DBLK, at[DL__DBLK];
-            for (int r = 0, o = 0; r < DL__DBLK; r++) {
-                at[r] = o;
-                for (int i = 0; i < mb; i++)
-                    o += __builtin_popcount(h->smask[r * mb + i]);
-            }
-            uint16_t *em = h->emask + (size_t)b * d;
-            uint8_t *out = h->val + (size_t)h->blk[b] * c->vb;
-            uint32_t cnt = 0;
-            for (int e = 0; e < d; e++) {
-                unsigned bits = 0;
-                for (int r = 0; r < DL__DBLK; r++)
-                    if (h->smask[r * mb + (e >> 3)] >> (e & 7) & 1) {
-                        bits |= 1u << r;
-                        dl_fp16 x = h->sval[at[r]++];
-                        if (c->vb == 1)
-                            out[cnt] = e4m3_bits(x);
-                        else
-                            memcpy(out + 2 * cnt, &x, 2);
-                        cnt++;
-                    }
-                em[e] = (uint16_t)bits;
-            }
-            h->blk[b + 1] = h->blk[b] + cnt;
-            h->scnt = 0;
-        }
+            dl_f32_to_fp16_row(h->sinkk + (size_t)t * d, kt, d);
+        if (j == DL__DBLK - 1)
+            close_block(c, h, t / DL__DBLK);
     }
     return zeros;
 }
@@ -711,16 +746,21 @@ static void run_unit(dl__dcall *cl, int unit, float *scr)
         for (int hh = 0; hh < G; hh++) {
             int row = (a - a0) * G + hh;
             const float *qa = cl->q + (size_t)a * qs + (size_t)(g * G + hh) * d;
-            for (int e = 0; e < d; e++) {
-                Qt[(size_t)e * rs + row] = qa[e] * scale;
+            for (int e = 0; e < d; e++)
                 Q[(size_t)row * d + e] = qa[e] * scale;
-            }
             lo[row] = cl->qlo[a];
             hi[row] = cl->p0 + a;
         }
-    for (int row = rows; row < rs; row++)
-        for (int e = 0; e < d; e++)
-            Qt[(size_t)e * rs + row] = 0;
+    /* the fused decode kernel reads Q; the others the transposed tile, padded to rs */
+    int group = cl->ops->attend_group && rows <= DL__GROUP_ROWS && d <= 256 &&
+                lo[0] == lo[rows - 1] && hi[0] == hi[rows - 1];
+    if (!group)
+        for (int e = 0; e < d; e++) {
+            for (int row = 0; row < rows; row++)
+                Qt[(size_t)e * rs + row] = Q[(size_t)row * d + e];
+            for (int row = rows; row < rs; row++)
+                Qt[(size_t)e * rs + row] = 0;
+        }
 
     dl__dhead view;
     const dl__dhead *h = &c->heads[(size_t)cl->layer_base + g];
@@ -739,8 +779,7 @@ static void run_unit(dl__dcall *cl, int unit, float *scr)
                     .hi = hi, .st = st, .r = r, .aux = aux, .acc = acc };
     /* the fused kernels (decode, prefill) where the ISA has them; they time their own
      * score phase for the bench */
-    if (cl->ops->attend_group && rows <= DL__GROUP_ROWS && d <= 256 &&
-        lo[0] == lo[rows - 1] && hi[0] == hi[rows - 1]) {
+    if (group) {
         cl->ops->attend_group(&u, cl->dense);
         goto done;
     }
@@ -1009,9 +1048,7 @@ int dl_delta_attention(dl_delta_cache *c, dl_delta_scratch *scr, dl_pool *pool, 
         zeros += encode_head(c, &hs[g], k + (size_t)g * d, ks, p0, n, c->theta[layer],
                              c->qw + ((size_t)layer * c->n_kv + g) * d);
         for (int a = 0; a < n; a++)
-            for (int e = 0; e < d; e++)
-                hs[g].v[(size_t)(p0 + a) * d + e] =
-                    dl_f32_to_fp16(v[(size_t)a * ks + (size_t)g * d + e]);
+            dl_f32_to_fp16_row(hs[g].v + (size_t)(p0 + a) * d, v + (size_t)a * ks + (size_t)g * d, d);
     }
 
     /* 3: boundaries (see the top of this file), then the units */
@@ -1042,9 +1079,8 @@ int dl_delta_attention(dl_delta_cache *c, dl_delta_scratch *scr, dl_pool *pool, 
     int a_first = n > c->ring_cap ? n - c->ring_cap : 0;
     for (int g = 0; g < c->n_kv; g++)
         for (int a = a_first; a < n; a++)
-            for (int e = 0; e < d; e++)
-                hs[g].ring[(size_t)((p0 + a) % c->ring_cap) * d + e] =
-                    dl_f32_to_fp16(k[(size_t)a * ks + (size_t)g * d + e]);
+            dl_f32_to_fp16_row(hs[g].ring + (size_t)((p0 + a) % c->ring_cap) * d,
+                               k + (size_t)a * ks + (size_t)g * d, d);
 
     /* 5: statistics */
     dl_delta_stage_stats s = { 0 };

@@ -31,7 +31,7 @@ typedef struct dl_delta_bench_result {
     double attention_sparsity;   /* prefill, spec section 5 */
     double qk_skipped_prefill, qk_skipped_decode;
     double prefill_dense_ms, prefill_delta_ms;   /* incl. storing K/V (delta: encoding) */
-    double decode_dense_us, decode_delta_us;     /* per layer, one token */
+    double decode_dense_us, decode_delta_us;     /* per layer and token, mean of the last 16 */
     double decode_engine_dense_us;               /* attention.c's dl_attn_dense, per layer */
     double prefill_engine_dense_ms;              /* dl_kv_store + dl_attn_dense, T queries */
     /* the score product alone (q.k for every key vs the delta accumulation): the score

@@ -96,6 +96,7 @@ typedef struct dl__kops {
     void (*swiglu)(float *out, const float *gate, const float *up, int n);
     float (*dot)(const float *a, const float *b, int n);
     void (*axpy)(float *y, float a, const float *x, int n);
+    void (*to_fp16)(dl_fp16 *dst, const float *src, int n);
 } dl__kops;
 
 extern const dl__kops dl__kops_avx2;

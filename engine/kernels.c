@@ -455,6 +455,17 @@ float dl_dot_f32(const float *a, const float *b, int n)
     return s;
 }
 
+void dl_f32_to_fp16_row(dl_fp16 *dst, const float *src, int n)
+{
+    const dl__kops *o = dl__ops();
+    if (o) {
+        o->to_fp16(dst, src, n);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        dst[i] = dl_f32_to_fp16(src[i]);
+}
+
 void dl_axpy_f32(float *y, float a, const float *x, int n)
 {
     const dl__kops *o = dl__ops();

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "pool.h"
+#include "quant.h"
 
 enum dl_isa { DL_ISA_SCALAR = 0, DL_ISA_AVX2 = 1, DL_ISA_AVX512 = 2 };
 
@@ -64,6 +65,8 @@ void dl_swiglu(float *out, const float *gate, const float *up, int n);
  * freq_i = base^(-2i/head_dim) / factors[i] (factors may be NULL). n_heads heads. */
 void dl_rope(float *x, int n_heads, int head_dim, int pos, float base, const float *factors);
 
+/* dst[i] = dl_f32_to_fp16(src[i]) (round to nearest even), vectorised. */
+void dl_f32_to_fp16_row(dl_fp16 *dst, const float *src, int n);
 float dl_dot_f32(const float *a, const float *b, int n);
 /* y += a * x */
 void dl_axpy_f32(float *y, float a, const float *x, int n);

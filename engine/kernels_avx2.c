@@ -49,6 +49,17 @@ static void axpy256(float *y, float a, const float *x, int n)
     }
 }
 
+/* vcvtps2ph rounds to nearest even, as dl_f32_to_fp16 does. */
+static void to_fp16_256(dl_fp16 *dst, const float *src, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        dst[i] = dl_f32_to_fp16(src[i]);
+}
+
 static void rmsnorm256(float *out, const float *x, const float *w, int n, float eps)
 {
     float ss = dot256(x, x, n) / n + eps;
@@ -457,4 +468,5 @@ const dl__kops dl__kops_avx2 = {
     .swiglu = swiglu256,
     .dot = dot256,
     .axpy = axpy256,
+    .to_fp16 = to_fp16_256,
 };

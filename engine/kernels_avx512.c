@@ -63,6 +63,16 @@ static void axpy512(float *y, float a, const float *x, int n)
     }
 }
 
+/* vcvtps2ph rounds to nearest even, as dl_f32_to_fp16 does. */
+static void to_fp16_512(dl_fp16 *dst, const float *src, int n)
+{
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m256i h = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, src + i), _MM_FROUND_TO_NEAREST_INT);
+        _mm256_mask_storeu_epi16(dst + i, m, h);
+    }
+}
+
 static void rmsnorm512(float *out, const float *x, const float *w, int n, float eps)
 {
     float ss = dot512(x, x, n) / n + eps;
@@ -1092,4 +1102,5 @@ const dl__kops dl__kops_avx512 = {
     .swiglu = swiglu512,
     .dot = dot512,
     .axpy = axpy512,
+    .to_fp16 = to_fp16_512,
 };

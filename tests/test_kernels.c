@@ -444,6 +444,52 @@ static void close_arr(const float *a, const float *b, int n, float rel, const ch
                       n, a[i], b[i]);
 }
 
+/* The vectorised float -> fp16 row conversion gives dl_f32_to_fp16's bits on every ISA:
+ * normal values, exact ties (round to even), the subnormal range, overflow to inf, +-0,
+ * +-inf, and tails of every length. */
+START_TEST(test_fp16_row)
+{
+    enum { N = 4099 };
+    float *x = malloc(sizeof(float) * N);
+    dl_fp16 *ref = malloc(sizeof(dl_fp16) * N), *got = malloc(sizeof(dl_fp16) * N);
+    rng_state = 7;
+    fill(x, N, 8.0f);
+    for (int i = 0; i < 512; i++) {
+        x[i] = ldexpf(x[i], -14 - i % 12);     /* down through the subnormals */
+        x[512 + i] = ldexpf(x[512 + i], i % 16); /* up past 65504 */
+    }
+    for (int i = 0; i < 256; i++) /* halfway between two halves: ties go to even */
+        x[1024 + i] = (float)(1024 + i) + 0.5f;
+    x[2000] = 0.0f;
+    x[2001] = -0.0f;
+    x[2002] = INFINITY;
+    x[2003] = -INFINITY;
+    x[2004] = 65504.0f;
+    x[2005] = 65520.0f;
+    x[2006] = 65519.99f;
+    for (int i = 0; i < N; i++)
+        ref[i] = dl_f32_to_fp16(x[i]);
+    for (int isa = 0; isa <= (int)dl_isa_detect(); isa++) {
+        dl_isa_force((enum dl_isa)isa);
+        for (int n = 0; n <= 40; n++) { /* every tail length */
+            memset(got, 0xAB, sizeof(dl_fp16) * N);
+            dl_f32_to_fp16_row(got, x + 2000, n);
+            for (int i = 0; i < n; i++)
+                ck_assert_uint_eq(got[i], ref[2000 + i]);
+            ck_assert_uint_eq(got[n], 0xABAB); /* nothing past the end */
+        }
+        dl_f32_to_fp16_row(got, x, N);
+        for (int i = 0; i < N; i++)
+            ck_assert_msg(got[i] == ref[i], "%s [%d] %g: %04x vs %04x", dl_isa_name((enum dl_isa)isa),
+                          i, x[i], got[i], ref[i]);
+    }
+    dl_isa_force(dl_isa_detect());
+    free(x);
+    free(ref);
+    free(got);
+}
+END_TEST
+
 START_TEST(test_vector_kernels)
 {
     rng_state = 42;
@@ -603,6 +649,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_weight_get_row);
     tcase_add_test(tc, test_prepare_leaves_others);
     tcase_add_test(tc, test_vector_kernels);
+    tcase_add_test(tc, test_fp16_row);
     tcase_add_test(tc, test_scalar_matches_llama2c);
     tcase_add_test(tc, test_rope);
     suite_add_tcase(s, tc);
