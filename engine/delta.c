@@ -549,6 +549,7 @@ static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *
                             int p0, int n, float theta, const float *w)
 {
     int d = c->d, mb = c->mb;
+    const dl__dops *ops = dl__delta_ops(d);
     uint64_t zeros = 0;
     for (int a = 0; a < n; a++) {
         int t = p0 + a, j = t % DL__DBLK;
@@ -557,21 +558,24 @@ static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *
         dl_fp16 *v = h->sval + h->scnt;
         memset(m, 0, (size_t)mb);
         int stored = 0;
-        for (int e = 0; e < d; e++) {
-            float delta = kt[e] - h->ref[e];
-            if (t == 0 || fabsf(delta) * w[e] > theta) { /* the first key is kept whole */
-                if (c->vb == 1) { /* the E4M3 value is exact as a float and as an fp16 */
-                    float r = e4m3_round(delta);
-                    h->ref[e] += r;
-                    v[stored++] = e4m3_to_fp16(r);
-                } else {
-                    dl_fp16 hv = delta_round(delta, c->vb);
-                    h->ref[e] += dl_fp16_to_f32(hv);
-                    v[stored++] = hv;
+        if (c->vb == 1 && t > 0 && ops->encode8) /* vectorised, the same bits */
+            stored = ops->encode8(kt, d, h->ref, w, theta, m, v);
+        else
+            for (int e = 0; e < d; e++) {
+                float delta = kt[e] - h->ref[e];
+                if (t == 0 || fabsf(delta) * w[e] > theta) { /* the first key is kept whole */
+                    if (c->vb == 1) { /* the E4M3 value is exact as a float and as an fp16 */
+                        float r = e4m3_round(delta);
+                        h->ref[e] += r;
+                        v[stored++] = e4m3_to_fp16(r);
+                    } else {
+                        dl_fp16 hv = delta_round(delta, c->vb);
+                        h->ref[e] += dl_fp16_to_f32(hv);
+                        v[stored++] = hv;
+                    }
+                    m[e >> 3] |= (uint8_t)(1u << (e & 7));
                 }
-                m[e >> 3] |= (uint8_t)(1u << (e & 7));
             }
-        }
         h->scnt += stored;
         zeros += (uint64_t)(d - stored);
         if (t < c->p.sink)
@@ -593,8 +597,13 @@ static uint64_t simulate_zeros(const dl_delta_cache *c, int layer, const float *
         float r[DL__DMAX];
         const float *w = c->qw + ((size_t)layer * c->n_kv + g) * d;
         memcpy(r, c->heads[layer * c->n_kv + g].ref, (size_t)d * sizeof(float));
+        const dl__dops *ops = dl__delta_ops(d);
         for (int a = 0; a < n; a++) {
             const float *kt = k + (size_t)a * ks + (size_t)g * d;
+            if (c->vb == 1 && c->len + a > 0 && ops->sim_zeros) { /* the rest, vectorised */
+                zeros += ops->sim_zeros(kt, (size_t)ks, n - a, d, r, w, theta);
+                break;
+            }
             if (c->vb == 1 && c->len + a > 0) { /* the common case, without fp16 calls */
                 for (int e = 0; e < d; e++) {
                     float delta = kt[e] - r[e];
@@ -630,13 +639,14 @@ static void key_weights(dl_delta_cache *c, int layer, int n_head, const float *q
         if (!is_prefill && c->qcnt[hb] >= DL__QW_MIN * G)
             continue;
         double *qs = c->qsum + hb * d;
-        float *w = c->qw + hb * d;
+        float *w = c->qw + hb * d, part[DL__DMAX];
+        /* this call's sums in float (vectorised), added to the running double sums */
+        memset(part, 0, (size_t)d * sizeof(float));
         for (int a = 0; a < n; a++)
-            for (int hh = 0; hh < G; hh++) {
-                const float *qa = q + (size_t)a * n_head * d + (size_t)(g * G + hh) * d;
-                for (int e = 0; e < d; e++)
-                    qs[e] += (double)qa[e] * qa[e];
-            }
+            for (int hh = 0; hh < G; hh++)
+                dl_sqacc_f32(part, q + (size_t)a * n_head * d + (size_t)(g * G + hh) * d, d);
+        for (int e = 0; e < d; e++)
+            qs[e] += part[e];
         c->qcnt[hb] += (double)n * G;
         double ms = 0;
         for (int e = 0; e < d; e++)

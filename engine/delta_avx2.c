@@ -827,6 +827,75 @@ static void attend_wide_avx2(const dl__dunit *u, int dense)
     }
 }
 
+
+/* ---------------------------------------------------------------- theta bisection */
+
+/* E4M3 rounding as delta.c's e4m3_round, 8 lanes (see delta_avx512.c's twin). */
+AI __m256 e4m3_round8(__m256 delta)
+{
+    const __m256i absm = _mm256_set1_epi32(0x7fffffff);
+    __m256 a = _mm256_min_ps(_mm256_and_ps(delta, _mm256_castsi256_ps(absm)), _mm256_set1_ps(448.0f));
+    __m256i u = _mm256_castps_si256(a);
+    u = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFFF),
+                                             _mm256_and_si256(_mm256_srli_epi32(u, 20), _mm256_set1_epi32(1))));
+    __m256 rn = _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32(~0xFFFFF)));
+    __m256 rs = _mm256_add_ps(_mm256_mul_ps(a, _mm256_set1_ps(512.0f)), _mm256_set1_ps(0x1p23f));
+    rs = _mm256_mul_ps(_mm256_sub_ps(rs, _mm256_set1_ps(0x1p23f)), _mm256_set1_ps(1.0f / 512.0f));
+    __m256 m = _mm256_blendv_ps(rs, rn, _mm256_cmp_ps(a, _mm256_set1_ps(0x1p-6f), _CMP_GE_OQ));
+    return _mm256_or_ps(m, _mm256_andnot_ps(_mm256_castsi256_ps(absm), delta));
+}
+
+static uint64_t sim_zeros_avx2(const float *k, size_t ks, int n, int d, float *r,
+                               const float *w, float theta)
+{
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 th = _mm256_set1_ps(theta);
+    uint64_t kept = 0;
+    for (int c0 = 0; c0 < d; c0 += 32) {
+        int nv = (d - c0) / 8 < 4 ? (d - c0) / 8 : 4;
+        __m256 rr[4], ww[4];
+        for (int j = 0; j < nv; j++) {
+            rr[j] = _mm256_loadu_ps(r + c0 + 8 * j);
+            ww[j] = _mm256_loadu_ps(w + c0 + 8 * j);
+        }
+        for (int a = 0; a < n; a++) {
+            const float *kt = k + (size_t)a * ks + c0;
+            for (int j = 0; j < nv; j++) {
+                __m256 delta = _mm256_sub_ps(_mm256_loadu_ps(kt + 8 * j), rr[j]);
+                __m256 keep = _mm256_cmp_ps(_mm256_mul_ps(_mm256_and_ps(delta, absm), ww[j]), th, _CMP_GT_OQ);
+                rr[j] = _mm256_add_ps(rr[j], _mm256_and_ps(keep, e4m3_round8(delta)));
+                kept += (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_ps(keep));
+            }
+        }
+        for (int j = 0; j < nv; j++)
+            _mm256_storeu_ps(r + c0 + 8 * j, rr[j]);
+    }
+    return (uint64_t)n * (uint64_t)d - kept;
+}
+
+static int encode8_avx2(const float *k, int d, float *r, const float *w, float theta,
+                        uint8_t *mask, dl_fp16 *val)
+{
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 th = _mm256_set1_ps(theta);
+    int n = 0;
+    for (int c = 0; c < d; c += 8) {
+        __m256 rr = _mm256_loadu_ps(r + c);
+        __m256 delta = _mm256_sub_ps(_mm256_loadu_ps(k + c), rr);
+        __m256 keep = _mm256_cmp_ps(_mm256_mul_ps(_mm256_and_ps(delta, absm), _mm256_loadu_ps(w + c)),
+                                    th, _CMP_GT_OQ);
+        __m256 rv = e4m3_round8(delta);
+        _mm256_storeu_ps(r + c, _mm256_add_ps(rr, _mm256_and_ps(keep, rv)));
+        unsigned bits = (unsigned)_mm256_movemask_ps(keep);
+        uint16_t h[8];
+        _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(rv, _MM_FROUND_TO_NEAREST_INT));
+        mask[c / 8] = (uint8_t)bits;
+        for (; bits; bits &= bits - 1)
+            val[n++] = h[__builtin_ctz(bits)];
+    }
+    return n;
+}
+
 const dl__dops dl__dops_avx2 = {
     .scores = scores_avx2,
     .scores_dense = scores_dense_avx2,
@@ -835,4 +904,6 @@ const dl__dops dl__dops_avx2 = {
     .attend_wide = attend_wide_avx2,
     .wide_max_rs = DL__WROWS,
     .wide_max_d = DL__GDMAX,
+    .sim_zeros = sim_zeros_avx2,
+    .encode8 = encode8_avx2,
 };

@@ -1209,6 +1209,85 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
     }
 }
 
+
+/* ---------------------------------------------------------------- theta bisection */
+
+/* E4M3 rounding as delta.c's e4m3_round, 16 lanes: |δ| clamped to 448, 3 mantissa bits
+ * rounded on the fp32 bits (ties to even), steps of 2^-9 below 2^-6; separate multiply
+ * and add (no FMA), as the scalar code is compiled, so the results are the same bits. */
+AI __m512 e4m3_round16(__m512 delta)
+{
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    __m512 a = _mm512_min_ps(_mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(delta), absm)),
+                             _mm512_set1_ps(448.0f));
+    __m512i u = _mm512_castps_si512(a);
+    u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFFF),
+                                             _mm512_and_si512(_mm512_srli_epi32(u, 20), _mm512_set1_epi32(1))));
+    __m512 rn = _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(~0xFFFFF)));
+    __m512 rs = _mm512_add_ps(_mm512_mul_ps(a, _mm512_set1_ps(512.0f)), _mm512_set1_ps(0x1p23f));
+    rs = _mm512_mul_ps(_mm512_sub_ps(rs, _mm512_set1_ps(0x1p23f)), _mm512_set1_ps(1.0f / 512.0f));
+    __mmask16 big = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0x1p-6f), _CMP_GE_OQ);
+    __m512 m = _mm512_mask_blend_ps(big, rs, rn);
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(m),
+                                               _mm512_andnot_si512(absm, _mm512_castps_si512(delta))));
+}
+
+/* Up to 4 vectors of channels per pass so that their dependency chains (each position's
+ * reference depends on the previous one) overlap. */
+static uint64_t sim_zeros_avx512(const float *k, size_t ks, int n, int d, float *r,
+                                 const float *w, float theta)
+{
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    __m512 th = _mm512_set1_ps(theta);
+    uint64_t kept = 0;
+    for (int c0 = 0; c0 < d; c0 += 64) {
+        int nv = (d - c0) / 16 < 4 ? (d - c0) / 16 : 4;
+        __m512 rr[4], ww[4];
+        for (int j = 0; j < nv; j++) {
+            rr[j] = _mm512_loadu_ps(r + c0 + 16 * j);
+            ww[j] = _mm512_loadu_ps(w + c0 + 16 * j);
+        }
+        for (int a = 0; a < n; a++) {
+            const float *kt = k + (size_t)a * ks + c0;
+            for (int j = 0; j < nv; j++) {
+                __m512 delta = _mm512_sub_ps(_mm512_loadu_ps(kt + 16 * j), rr[j]);
+                __m512 ad = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(delta), absm));
+                __mmask16 keep = _mm512_cmp_ps_mask(_mm512_mul_ps(ad, ww[j]), th, _CMP_GT_OQ);
+                rr[j] = _mm512_mask_add_ps(rr[j], keep, rr[j], e4m3_round16(delta));
+                kept += (uint64_t)__builtin_popcount(keep);
+            }
+        }
+        for (int j = 0; j < nv; j++)
+            _mm512_storeu_ps(r + c0 + 16 * j, rr[j]);
+    }
+    return (uint64_t)n * (uint64_t)d - kept;
+}
+
+static int encode8_avx512(const float *k, int d, float *r, const float *w, float theta,
+                          uint8_t *mask, dl_fp16 *val)
+{
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    __m512 th = _mm512_set1_ps(theta);
+    int n = 0;
+    for (int c = 0; c < d; c += 16) {
+        __m512 rr = _mm512_loadu_ps(r + c);
+        __m512 delta = _mm512_sub_ps(_mm512_loadu_ps(k + c), rr);
+        __m512 ad = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(delta), absm));
+        __mmask16 keep = _mm512_cmp_ps_mask(_mm512_mul_ps(ad, _mm512_loadu_ps(w + c)), th, _CMP_GT_OQ);
+        __m512 rv = e4m3_round16(delta);
+        _mm512_storeu_ps(r + c, _mm512_mask_add_ps(rr, keep, rr, rv));
+        /* E4M3 values are exact in fp16; packed to the front under the mask */
+        __m512i h = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(rv, _MM_FROUND_TO_NEAREST_INT));
+        int cnt = __builtin_popcount(keep);
+        _mm256_mask_storeu_epi16(val + n, (__mmask16)((1u << cnt) - 1),
+                                 _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(keep, h)));
+        mask[c / 8] = (uint8_t)keep;
+        mask[c / 8 + 1] = (uint8_t)(keep >> 8);
+        n += cnt;
+    }
+    return n;
+}
+
 const dl__dops dl__dops_avx512 = {
     .scores = scores_avx512,
     .scores_dense = scores_dense_avx512,
@@ -1217,4 +1296,6 @@ const dl__dops dl__dops_avx512 = {
     .attend_wide = attend_wide_avx512,
     .wide_max_rs = DL__WROWS,
     .wide_max_d = DL__GDMAX,
+    .sim_zeros = sim_zeros_avx512,
+    .encode8 = encode8_avx512,
 };

@@ -97,6 +97,7 @@ typedef struct dl__kops {
     float (*dot)(const float *a, const float *b, int n);
     void (*axpy)(float *y, float a, const float *x, int n);
     void (*to_fp16)(dl_fp16 *dst, const float *src, int n);
+    void (*sqacc)(float *acc, const float *x, int n);
 } dl__kops;
 
 extern const dl__kops dl__kops_avx2;

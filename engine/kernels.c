@@ -466,6 +466,17 @@ void dl_f32_to_fp16_row(dl_fp16 *dst, const float *src, int n)
         dst[i] = dl_f32_to_fp16(src[i]);
 }
 
+void dl_sqacc_f32(float *acc, const float *x, int n)
+{
+    const dl__kops *o = dl__ops();
+    if (o) {
+        o->sqacc(acc, x, n);
+        return;
+    }
+    for (int i = 0; i < n; i++)
+        acc[i] += x[i] * x[i];
+}
+
 void dl_axpy_f32(float *y, float a, const float *x, int n)
 {
     const dl__kops *o = dl__ops();

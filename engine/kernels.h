@@ -67,6 +67,9 @@ void dl_rope(float *x, int n_heads, int head_dim, int pos, float base, const flo
 
 /* dst[i] = dl_f32_to_fp16(src[i]) (round to nearest even), vectorised. */
 void dl_f32_to_fp16_row(dl_fp16 *dst, const float *src, int n);
+/* acc[i] += x[i] * x[i], rounded after the multiply and after the add (no fused
+ * multiply-add): the same bits on every instruction set. */
+void dl_sqacc_f32(float *acc, const float *x, int n);
 float dl_dot_f32(const float *a, const float *b, int n);
 /* y += a * x */
 void dl_axpy_f32(float *y, float a, const float *x, int n);

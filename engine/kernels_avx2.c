@@ -60,6 +60,15 @@ static void to_fp16_256(dl_fp16 *dst, const float *src, int n)
         dst[i] = dl_f32_to_fp16(src[i]);
 }
 
+static void sqacc256(float *acc, const float *x, int n)
+{
+    for (int i = 0; i < n; i += 8) {
+        __m256i m = tmask8(n - i);
+        __m256 v = _mm256_maskload_ps(x + i, m);
+        _mm256_maskstore_ps(acc + i, m, _mm256_add_ps(_mm256_maskload_ps(acc + i, m), _mm256_mul_ps(v, v)));
+    }
+}
+
 static void rmsnorm256(float *out, const float *x, const float *w, int n, float eps)
 {
     float ss = dot256(x, x, n) / n + eps;
@@ -469,4 +478,5 @@ const dl__kops dl__kops_avx2 = {
     .dot = dot256,
     .axpy = axpy256,
     .to_fp16 = to_fp16_256,
+    .sqacc = sqacc256,
 };

@@ -73,6 +73,15 @@ static void to_fp16_512(dl_fp16 *dst, const float *src, int n)
     }
 }
 
+static void sqacc512(float *acc, const float *x, int n)
+{
+    for (int i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        _mm512_mask_storeu_ps(acc + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, acc + i), _mm512_mul_ps(v, v)));
+    }
+}
+
 static void rmsnorm512(float *out, const float *x, const float *w, int n, float eps)
 {
     float ss = dot512(x, x, n) / n + eps;
@@ -1103,4 +1112,5 @@ const dl__kops dl__kops_avx512 = {
     .dot = dot512,
     .axpy = axpy512,
     .to_fp16 = to_fp16_512,
+    .sqacc = sqacc512,
 };

@@ -749,6 +749,126 @@ START_TEST(test_bytes_and_target)
 }
 END_TEST
 
+/* The 8-bit encoder and the theta bisection's simulation of it run with SIMD where the
+ * ISA has it; they must give the scalar loop's bits (mask, values, references, zeros),
+ * so that the stream, the chosen theta and the statistics do not depend on the machine.
+ * The kernels against the spec's loop, then whole caches on every ISA: two prefill calls
+ * and a decode step, head dims with 1 vector, 3 and 5 (a partial pass of 4). */
+START_TEST(test_theta_same_on_every_isa)
+{
+    /* the SIMD simulation itself against a loop written from the spec with this file's
+     * own E4M3 rounding: deltas from 2^-12 (E4M3 subnormals, zeros) to past 448 */
+    static const dl__dops *const simd[] = { &dl__dops_avx2, &dl__dops_avx512 };
+    static const int sdims[] = { 8, 16, 48, 64, 80 };
+    for (int si = 0; si < 2; si++) {
+        if (!isa_available(si ? DL_ISA_AVX512 : DL_ISA_AVX2))
+            continue;
+        for (size_t di = 0; di < 5; di++) {
+            int d = sdims[di], n = 200;
+            if (d % (si ? 16 : 8))
+                continue;
+            float *k = malloc((size_t)n * d * sizeof(float)), r0[80], r1[80], w[80];
+            rng_state = 77 + di;
+            for (int i = 0; i < n * d; i++)
+                k[i] = ldexpf(nrand(), (int)(urand() * 22) - 12);
+            for (int e = 0; e < d; e++) {
+                r0[e] = r1[e] = nrand();
+                w[e] = 0.25f + (float)urand() * 2;
+            }
+            for (float theta = 0; theta < 2; theta += 0.37f) {
+                uint64_t zeros = 0;
+                for (int a = 0; a < n; a++)
+                    for (int e = 0; e < d; e++) {
+                        float delta = k[(size_t)a * d + e] - r0[e];
+                        if (fabsf(delta) * w[e] > theta)
+                            r0[e] += r8(delta);
+                        else
+                            zeros++;
+                    }
+                ck_assert_uint_eq(simd[si]->sim_zeros(k, (size_t)d, n, d, r1, w, theta), zeros);
+                for (int e = 0; e < d; e++)
+                    ck_assert_msg(r1[e] == r0[e], "sim %d d %d e %d: %.9g vs %.9g", si, d, e, r1[e], r0[e]);
+            }
+            /* one key at a time, storing: mask, values and references as the spec's loop */
+            for (int e = 0; e < d; e++)
+                r0[e] = r1[e] = nrand();
+            for (int a = 0; a < n; a++) {
+                const float *kt = k + (size_t)a * d;
+                uint8_t m0[10] = { 0 }, m1[10] = { 0 };
+                dl_fp16 v0[80], v1[80];
+                int n0 = 0;
+                for (int e = 0; e < d; e++) {
+                    float delta = kt[e] - r0[e];
+                    if (fabsf(delta) * w[e] > 0.3f) {
+                        r0[e] += r8(delta);
+                        v0[n0++] = dl_f32_to_fp16(r8(delta));
+                        m0[e / 8] |= (uint8_t)(1u << (e % 8));
+                    }
+                }
+                ck_assert_int_eq(simd[si]->encode8(kt, d, r1, w, 0.3f, m1, v1), n0);
+                ck_assert(!memcmp(m0, m1, sizeof m0) && !memcmp(v0, v1, (size_t)n0 * sizeof *v0));
+                for (int e = 0; e < d; e++)
+                    ck_assert(r1[e] == r0[e]);
+            }
+            /* exact ties between two E4M3 values go to the even one, in both ranges */
+            for (int i = 0; i < d; i++) {
+                int m = i % 8;
+                k[i] = i % 2 ? (1.0f + (2 * m + 1) / 16.0f) * ldexpf(1, i % 7 - 3)
+                             : ldexpf(2 * m + 1, -10) * (i % 4 ? 1 : -1);
+                r1[i] = 0;
+                w[i] = 1;
+            }
+            ck_assert_uint_eq(simd[si]->sim_zeros(k, (size_t)d, 1, d, r1, w, -1.0f), 0);
+            for (int e = 0; e < d; e++)
+                ck_assert_msg(r1[e] == r8(k[e]), "tie d %d e %d: %.9g vs %.9g", d, e, r1[e], r8(k[e]));
+            free(k);
+        }
+    }
+    static const int dims[] = { 8, 48, 80 };
+    for (size_t di = 0; di < 3; di++) {
+        int d = dims[di], n_kv = 2, G = 2, nh = n_kv * G, T = 300;
+        prob p;
+        prob_make(&p, 2, n_kv, G, d, T, 0.2f, 5 + di);
+        dl_delta_params dp;
+        dl_delta_params_default(&dp);
+        dp.sparsity_target = 0.6f;
+        dp.window = 8;
+        float ref[2][3];
+        uint64_t ref_zeros = 0;
+        float *out = malloc((size_t)T * nh * d * sizeof(float));
+        for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
+            if (!isa_available(isas[ii]))
+                continue;
+            dl_isa_force(isas[ii]);
+            char err[128];
+            dl_delta_cache *c = dl_delta_cache_create(2, n_kv, d, T, &dp, err, sizeof err);
+            int calls[3][2] = { { 0, 150 }, { 150, 140 }, { 290, 1 } };
+            for (int ci = 0; ci < 3; ci++)
+                for (int l = 0; l < 2; l++) {
+                    int at = calls[ci][0], n = calls[ci][1];
+                    ck_assert_int_eq(dl_delta_attention(c, NULL, NULL, l, nh, pq(&p, l, at), pk(&p, l, at),
+                                                        pv(&p, l, at), n, ci < 2, out), 0);
+                    float th = dl_delta_cache_theta(c, l);
+                    if (ii == 0)
+                        ref[l][ci] = th;
+                    else
+                        ck_assert_msg(th == ref[l][ci], "d %d %s layer %d call %d: theta %.9g vs %.9g", d,
+                                      dl_isa_name(isas[ii]), l, ci, th, ref[l][ci]);
+                }
+            uint64_t z = dl_delta_cache_stats(c)->stage[0].delta_zeros;
+            if (ii == 0)
+                ref_zeros = z;
+            else
+                ck_assert_uint_eq(z, ref_zeros);
+            dl_delta_cache_free(c);
+        }
+        dl_isa_force(dl_isa_detect());
+        free(out);
+        prob_free(&p);
+    }
+}
+END_TEST
+
 /* The fused prefill kernel (keys in blocks, online softmax, P.V per block) against the
  * split kernels (whole score matrix, then softmax, then P.V), which the score timing
  * hook forces: same cache contents, outputs equal up to float rounding. Shapes cover
@@ -985,6 +1105,7 @@ static Suite *delta_suite(void)
     tcase_add_test(tc, test_truncate);
     tcase_add_test(tc, test_shared_scratch);
     tcase_add_test(tc, test_bytes_and_target);
+    tcase_add_test(tc, test_theta_same_on_every_isa);
     tcase_add_test(tc, test_fused_prefill);
     tcase_add_test(tc, test_decode_long);
     tcase_add_test(tc, test_decode_dims8);

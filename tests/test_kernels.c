@@ -544,6 +544,15 @@ START_TEST(test_vector_kernels)
             dl_isa_force((enum dl_isa)isa);
             dl_axpy_f32(got, 0.37f, x, n);
             close_arr(got, ref, n, 1e-6f, "axpy");
+
+            memcpy(ref, w, sizeof(float) * n); /* bit-exact on every ISA (no FMA) */
+            memcpy(got, w, sizeof(float) * n);
+            dl_isa_force(DL_ISA_SCALAR);
+            dl_sqacc_f32(ref, x, n);
+            dl_isa_force((enum dl_isa)isa);
+            dl_sqacc_f32(got, x, n);
+            for (int i = 0; i < n; i++)
+                ck_assert_msg(got[i] == ref[i] && ref[i] == w[i] + x[i] * x[i], "sqacc %s [%d]", nm, i);
         }
         free(x);
         free(w);
