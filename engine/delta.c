@@ -91,6 +91,7 @@ struct dl_delta_cache {
     double *qsum;     /* [n_layer][n_kv][d] sum of squared queries seen, per channel */
     double *qcnt;     /* [n_layer][n_kv] queries summed */
     float *qw;        /* [n_layer][n_kv][d] channel weights, RMS 1 (see key_weights) */
+    dl_delta_stage_stats *lstats; /* [n_layer][2]: per layer, prefill / decode */
     int32_t *qlo;     /* [n_ctx] boundary per query of the current call */
     void *map;
     size_t map_bytes;
@@ -292,7 +293,8 @@ dl_delta_cache *dl_delta_cache_create(int n_layer, int n_head_kv, int head_dim, 
     c->qsum = calloc(nh * (size_t)head_dim, sizeof *c->qsum);
     c->qcnt = calloc(nh, sizeof *c->qcnt);
     c->qw = malloc(nh * (size_t)head_dim * sizeof *c->qw);
-    if (!c->heads || !c->theta || !c->qlo || !c->qsum || !c->qcnt || !c->qw)
+    c->lstats = calloc((size_t)n_layer * 2, sizeof *c->lstats);
+    if (!c->heads || !c->theta || !c->qlo || !c->qsum || !c->qcnt || !c->qw || !c->lstats)
         goto fail_mem;
     size_t per = head_layout(c, NULL, NULL);
     c->map_bytes = per * (size_t)n_layer * (size_t)n_head_kv;
@@ -342,6 +344,7 @@ void dl_delta_cache_free(dl_delta_cache *c)
     free(c->qsum);
     free(c->qcnt);
     free(c->qw);
+    free(c->lstats);
     free(c->scratch);
     free(c->okey);
     free(c->okhat);
@@ -354,6 +357,13 @@ void dl_delta_cache_free(dl_delta_cache *c)
 int dl_delta_cache_len(const dl_delta_cache *c) { return c->len; }
 
 const dl_delta_stats *dl_delta_cache_stats(const dl_delta_cache *c) { return &c->stats; }
+
+const dl_delta_stage_stats *dl_delta_cache_layer_stats(const dl_delta_cache *c, int layer)
+{
+    return layer >= 0 && layer < c->n_layer ? &c->lstats[2 * layer] : NULL;
+}
+
+int dl_delta_cache_layers(const dl_delta_cache *c) { return c->n_layer; }
 
 size_t dl_delta_cache_bytes(const dl_delta_cache *c)
 {
@@ -1116,6 +1126,7 @@ int dl_delta_attention(dl_delta_cache *c, dl_delta_scratch *scr, dl_pool *pool, 
             s.qk_macs_done += (uint64_t)G * nz_lo;
     }
     dl_delta_stats_add(&c->stats.stage[is_prefill ? 0 : 1], &s);
+    dl_delta_stats_add(&c->lstats[2 * layer + (is_prefill ? 0 : 1)], &s);
     if (layer == c->n_layer - 1) {
         c->len += n;
         update_bytes(c);

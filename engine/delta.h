@@ -80,6 +80,10 @@ int dl_delta_cache_len(const dl_delta_cache *c);
 /* Drop positions >= n (the reference state is rebuilt from the stored deltas). */
 int dl_delta_cache_truncate(dl_delta_cache *c, int n);
 const dl_delta_stats *dl_delta_cache_stats(const dl_delta_cache *c);
+/* One layer's counters, [0] prefill and [1] decode (the stage totals above are their sums
+ * over the layers); NULL for a layer out of range. Cumulative like the totals. */
+const dl_delta_stage_stats *dl_delta_cache_layer_stats(const dl_delta_cache *c, int layer);
+int dl_delta_cache_layers(const dl_delta_cache *c);
 /* Cache data (reference, stream, ring, sink, V) plus the fallback scratch, which exists only
  * once dl_delta_attention ran with scr NULL. */
 size_t dl_delta_cache_bytes(const dl_delta_cache *c);

@@ -689,6 +689,11 @@ const dl_delta_stats *dl_seq_delta_stats(const dl_seq *s)
     return s->delta ? dl_delta_cache_stats(s->delta) : NULL;
 }
 
+const dl_delta_stage_stats *dl_seq_delta_layer_stats(const dl_seq *s, int il)
+{
+    return s->delta ? dl_delta_cache_layer_stats(s->delta, il) : NULL;
+}
+
 const dl_delta_params *dl_seq_delta_params(const dl_seq *s)
 {
     return s->delta ? &s->dp : NULL;

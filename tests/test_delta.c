@@ -749,6 +749,52 @@ START_TEST(test_bytes_and_target)
 }
 END_TEST
 
+/* Statistics per layer: their sums are the stage totals, field by field, through prefill
+ * and decode; layers keep their own figures (a fixed theta per call differs by layer
+ * here through the keys' scale); out-of-range layers give NULL. */
+START_TEST(test_layer_stats)
+{
+    int d = 32, n_kv = 2, G = 2, nh = n_kv * G, T = 120, L = 3;
+    prob p;
+    prob_make(&p, L, n_kv, G, d, T, 0.2f, 21);
+    for (int l = 0; l < L; l++) /* layer l's keys move 1, 2, 4 times as fast */
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < n_kv * d; i++)
+                p.k[((size_t)l * T + t) * n_kv * d + i] *= (float)(1 << l);
+    dl_delta_params dp;
+    dl_delta_params_default(&dp);
+    dp.sparsity_target = -1;
+    dp.theta = 0.5f;
+    dp.window = 4;
+    char err[128];
+    dl_delta_cache *c = dl_delta_cache_create(L, n_kv, d, T, &dp, err, sizeof err);
+    float *out = malloc((size_t)T * nh * d * sizeof(float));
+    for (int l = 0; l < L; l++)
+        ck_assert_int_eq(dl_delta_attention(c, NULL, NULL, l, nh, pq(&p, l, 0), pk(&p, l, 0), pv(&p, l, 0), 100, 1, out), 0);
+    for (int t = 100; t < T; t++)
+        for (int l = 0; l < L; l++)
+            ck_assert_int_eq(dl_delta_attention(c, NULL, NULL, l, nh, pq(&p, l, t), pk(&p, l, t), pv(&p, l, t), 1, 0, out), 0);
+    ck_assert_int_eq(dl_delta_cache_layers(c), L);
+    ck_assert_ptr_null(dl_delta_cache_layer_stats(c, -1));
+    ck_assert_ptr_null(dl_delta_cache_layer_stats(c, L));
+    const dl_delta_stats *tot = dl_delta_cache_stats(c);
+    for (int st = 0; st < 2; st++) {
+        dl_delta_stage_stats sum = { 0 };
+        for (int l = 0; l < L; l++)
+            dl_delta_stats_add(&sum, &dl_delta_cache_layer_stats(c, l)[st]);
+        ck_assert(!memcmp(&sum, &tot->stage[st], sizeof sum));
+        ck_assert_uint_eq(dl_delta_cache_layer_stats(c, 1)[st].delta_elems,
+                          (uint64_t)(st ? T - 100 : 100) * n_kv * d);
+    }
+    double s0 = dl_delta_element_sparsity(&dl_delta_cache_layer_stats(c, 0)[0]);
+    double s2 = dl_delta_element_sparsity(&dl_delta_cache_layer_stats(c, 2)[0]);
+    ck_assert_msg(s0 > s2 + 0.1, "layer sparsity %g vs %g", s0, s2);
+    free(out);
+    dl_delta_cache_free(c);
+    prob_free(&p);
+}
+END_TEST
+
 /* The 8-bit encoder and the theta bisection's simulation of it run with SIMD where the
  * ISA has it; they must give the scalar loop's bits (mask, values, references, zeros),
  * so that the stream, the chosen theta and the statistics do not depend on the machine.
@@ -1106,6 +1152,7 @@ static Suite *delta_suite(void)
     tcase_add_test(tc, test_shared_scratch);
     tcase_add_test(tc, test_bytes_and_target);
     tcase_add_test(tc, test_theta_same_on_every_isa);
+    tcase_add_test(tc, test_layer_stats);
     tcase_add_test(tc, test_fused_prefill);
     tcase_add_test(tc, test_decode_long);
     tcase_add_test(tc, test_decode_dims8);

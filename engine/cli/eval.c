@@ -46,6 +46,8 @@ typedef struct eval_opts {
 typedef struct eval_result {
     double nll_dense, nll_delta, kl, n_scored, top1;
     dl_delta_stage_stats st[2];
+    dl_delta_stage_stats *lst; /* [n_layer][2] per layer, prefill / decode */
+    int n_layer;
     double k_bytes, k_dense_bytes, v_bytes;
     int n_windows;
 } eval_result;
@@ -143,6 +145,9 @@ static int eval_window(evaluator *e, const dl_delta_params *dp, const int32_t *w
     if (ds) {
         dl_delta_stats_add(&r->st[0], &ds->stage[0]);
         dl_delta_stats_add(&r->st[1], &ds->stage[1]);
+        for (int l = 0; l < r->n_layer; l++)
+            for (int st = 0; st < 2; st++)
+                dl_delta_stats_add(&r->lst[2 * l + st], &dl_seq_delta_layer_stats(sq, l)[st]);
         r->k_bytes += (double)ds->k_cache_bytes;
         r->k_dense_bytes += (double)ds->k_cache_dense_bytes;
         r->v_bytes += (double)ds->v_cache_bytes;
@@ -164,6 +169,12 @@ static int eval_ppl(evaluator *e, const int32_t *toks, int n_tok, const dl_delta
     if (!w)
         return -1;
     memset(r, 0, sizeof *r);
+    r->n_layer = dl_model_hparams(e->m)->n_layer;
+    r->lst = calloc((size_t)r->n_layer * 2, sizeof *r->lst);
+    if (!r->lst) {
+        free(w);
+        return -1;
+    }
     int rc = 0;
     for (int s = 0, k = 0; s + 1 < n_tok && k < o->max_windows; s += o->stride, k++) {
         int n = n_tok - s < body ? n_tok - s : body;
@@ -201,7 +212,8 @@ static void print_ppl(const eval_opts *o, const dl_delta_params *dp, const eval_
                "\"kl_mean\":%.6g,\"top1_agreement\":%.6f,"
                "\"attention_sparsity\":%.6f,\"element_sparsity\":%.6f,\"qk_work_skipped\":%.6f,"
                "\"prefill_attention_sparsity\":%.6f,\"decode_attention_sparsity\":%.6f,"
-               "\"k_cache_bytes\":%.0f,\"k_cache_dense_bytes\":%.0f,\"v_cache_bytes\":%.0f}\n",
+               "\"k_cache_bytes\":%.0f,\"k_cache_dense_bytes\":%.0f,\"v_cache_bytes\":%.0f,"
+               "\"layers\":[",
                o->ctx, o->stride, r->n_windows, r->n_scored, dp->theta, dp->sparsity_target,
                dp->window, dp->sink, pd, pq, pq / pd - 1, r->kl / r->n_scored,
                r->top1 / r->n_scored, dl_delta_attention_sparsity(&all),
@@ -209,6 +221,20 @@ static void print_ppl(const eval_opts *o, const dl_delta_params *dp, const eval_
                dl_delta_attention_sparsity(&r->st[0]), dl_delta_attention_sparsity(&r->st[1]),
                r->k_bytes / r->n_windows, r->k_dense_bytes / r->n_windows,
                r->v_bytes / r->n_windows);
+        for (int l = 0; l < r->n_layer; l++) {
+            const dl_delta_stage_stats *ls = &r->lst[2 * l];
+            dl_delta_stage_stats lb = ls[0];
+            dl_delta_stats_add(&lb, &ls[1]);
+            printf("%s{\"layer\":%d,\"element_sparsity\":%.6f,\"attention_sparsity\":%.6f,"
+                   "\"qk_work_skipped\":%.6f,\"prefill_element_sparsity\":%.6f,"
+                   "\"prefill_attention_sparsity\":%.6f,\"decode_element_sparsity\":%.6f,"
+                   "\"decode_attention_sparsity\":%.6f}", l ? "," : "", l,
+                   dl_delta_element_sparsity(&lb), dl_delta_attention_sparsity(&lb),
+                   dl_delta_qk_skipped(&lb), dl_delta_element_sparsity(&ls[0]),
+                   dl_delta_attention_sparsity(&ls[0]), dl_delta_element_sparsity(&ls[1]),
+                   dl_delta_attention_sparsity(&ls[1]));
+        }
+        printf("]}\n");
         return;
     }
     printf("windows %d (ctx %d, stride %d, last %.0f%% decoded), %.0f positions scored\n",
@@ -226,6 +252,17 @@ static void print_ppl(const eval_opts *o, const dl_delta_params *dp, const eval_
            r->k_bytes / r->n_windows, r->k_dense_bytes / r->n_windows,
            100 * r->k_bytes / r->k_dense_bytes,
            100 * (r->k_bytes + r->v_bytes) / (2 * r->k_dense_bytes));
+    printf("per layer   element sparsity prefill / decode   attention sparsity prefill / decode"
+           "   QK work skipped (both)\n");
+    for (int l = 0; l < r->n_layer; l++) {
+        const dl_delta_stage_stats *ls = &r->lst[2 * l];
+        dl_delta_stage_stats lb = ls[0];
+        dl_delta_stats_add(&lb, &ls[1]);
+        printf("  layer %-3d %15.1f%% / %5.1f%% %23.1f%% / %5.1f%% %18.1f%%\n", l,
+               100 * dl_delta_element_sparsity(&ls[0]), 100 * dl_delta_element_sparsity(&ls[1]),
+               100 * dl_delta_attention_sparsity(&ls[0]), 100 * dl_delta_attention_sparsity(&ls[1]),
+               100 * dl_delta_qk_skipped(&lb));
+    }
 }
 
 static void print_sweep_row(const eval_opts *o, const dl_delta_params *dp, const eval_result *r)
@@ -284,6 +321,7 @@ static int run_ppl(evaluator *e)
     if (!o->sweep) {
         if ((rc = eval_ppl(e, toks, n_tok, &o->run.delta, &r)) == 0)
             print_ppl(o, &o->run.delta, &r);
+        free(r.lst);
     } else {
         if (!o->json)
             printf("| %-12s | window | elem sp | attn sp prefill | attn sp both | QK skipped | "
@@ -302,6 +340,7 @@ static int run_ppl(evaluator *e)
                 }
                 if ((rc = eval_ppl(e, toks, n_tok, &dp, &r)) == 0)
                     print_sweep_row(o, &dp, &r);
+                free(r.lst);
                 fflush(stdout);
             }
     }
