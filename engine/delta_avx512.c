@@ -958,6 +958,30 @@ AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, in
                                                           _mm512_add_ps(A[x], B[x])));
 }
 
+/* Keys j0 .. j1-1 of a block whose scores are delta for every row (all rows' windows
+ * start after them): the running sums R of all NV row vectors stay in registers across
+ * the keys, each key's stored values are added in (one broadcast and NV multiply-adds
+ * per value) and R is written out as the key's score row. */
+AI void wrun(const float *Qt, const int32_t *off, const float *val, const int *kst, int j0,
+             int j1, float *R, float *sb, int rs, const int NV)
+{
+    __m512 A[8];
+    for (int x = 0; x < NV; x++)
+        A[x] = _mm512_loadu_ps(R + 16 * x);
+    for (int j = j0; j < j1; j++) {
+        for (int i = kst[j]; i < kst[j + 1]; i++) {
+            __m512 b = _mm512_set1_ps(val[i]);
+            const float *q = Qt + off[i];
+            for (int x = 0; x < NV; x++)
+                A[x] = _mm512_fmadd_ps(b, _mm512_loadu_ps(q + 16 * x), A[x]);
+        }
+        for (int x = 0; x < NV; x++)
+            _mm512_store_ps(sb + (size_t)j * rs + 16 * x, A[x]);
+    }
+    for (int x = 0; x < NV; x++)
+        _mm512_storeu_ps(R + 16 * x, A[x]);
+}
+
 /* acc[r0 + i] = acc[r0 + i] * corr[r0 + i] + Σ_j p[j][r0 + i] V[j] for four rows, NVD
  * 16-lane chunks from c0; V is the block widened to fp32 (row stride d). */
 AI void wpv4(float *acc, const float *corr, const float *p, int rs, const float *vf,
@@ -1128,8 +1152,23 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
             }
         }
         kst[nb] = pos;
-        /* scores of the block */
-        for (int j = 0; j < nb; j++) {
+        /* scores of the block: first the keys that are delta for every row (the bulk of a
+         * long prefill), with the running sums in registers */
+        int jd = 0;
+        while (jd < nb && rfa[jd] == 0 && t0 + jd >= k->sink)
+            jd++;
+        switch (jd ? nvr : 0) {
+        case 8: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 8); break;
+        case 7: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 7); break;
+        case 6: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 6); break;
+        case 5: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 5); break;
+        case 4: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 4); break;
+        case 3: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 3); break;
+        case 2: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 2); break;
+        case 1: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 1); break;
+        default: break;
+        }
+        for (int j = jd; j < nb; j++) {
             int t = t0 + j, jrf = rfa[j], jrc = rca[j];
             float *s = sb + (size_t)j * rs;
             if (jrf < rows) {
