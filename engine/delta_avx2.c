@@ -565,6 +565,7 @@ AI void wsweep8(const float *Qt, const int32_t *off, const float *val, int n, fl
                 int j0, const int NV)
 {
     __m256 A[4], B[4];
+    #pragma GCC unroll 16
     for (int x = 0; x < NV; x++)
         A[x] = B[x] = _mm256_setzero_ps();
     const float *q = Qt + 8 * j0;
@@ -572,6 +573,7 @@ AI void wsweep8(const float *Qt, const int32_t *off, const float *val, int n, fl
     for (; i + 2 <= n; i += 2) {
         __m256 b0 = _mm256_broadcast_ss(val + i), b1 = _mm256_broadcast_ss(val + i + 1);
         const float *q0 = q + off[i], *q1 = q + off[i + 1];
+        #pragma GCC unroll 16
         for (int x = 0; x < NV; x++) {
             A[x] = _mm256_fmadd_ps(b0, _mm256_loadu_ps(q0 + 8 * x), A[x]);
             B[x] = _mm256_fmadd_ps(b1, _mm256_loadu_ps(q1 + 8 * x), B[x]);
@@ -580,12 +582,44 @@ AI void wsweep8(const float *Qt, const int32_t *off, const float *val, int n, fl
     if (i < n) {
         __m256 b0 = _mm256_broadcast_ss(val + i);
         const float *q0 = q + off[i];
+        #pragma GCC unroll 16
         for (int x = 0; x < NV; x++)
             A[x] = _mm256_fmadd_ps(b0, _mm256_loadu_ps(q0 + 8 * x), A[x]);
     }
+    #pragma GCC unroll 16
     for (int x = 0; x < NV; x++)
         _mm256_storeu_ps(R + 8 * (j0 + x), _mm256_add_ps(_mm256_loadu_ps(R + 8 * (j0 + x)),
                                                          _mm256_add_ps(A[x], B[x])));
+}
+
+/* Keys 0 .. j1-1 of a block whose scores are delta for every row: the running sums of the
+ * row vectors g0 .. g0+NV-1 stay in registers across the keys (one broadcast and NV
+ * multiply-adds per stored value) and are written out as each key's score row. */
+AI void wrun8(const float *Qt, const int32_t *off, const float *val, const int *cnt, int d,
+              int j1, float *R, float *sb, int rs, int g0, const int NV)
+{
+    __m256 A[8];
+    #pragma GCC unroll 8
+    for (int x = 0; x < NV; x++)
+        A[x] = _mm256_loadu_ps(R + 8 * (g0 + x));
+    const float *q = Qt + 8 * g0;
+    for (int j = 0; j < j1; j++) {
+        const int32_t *o = off + (size_t)j * d;
+        const float *v = val + (size_t)j * d;
+        for (int i = 0; i < cnt[j]; i++) {
+            __m256 b = _mm256_broadcast_ss(v + i);
+            const float *qq = q + o[i];
+            #pragma GCC unroll 8
+            for (int x = 0; x < NV; x++)
+                A[x] = _mm256_fmadd_ps(b, _mm256_loadu_ps(qq + 8 * x), A[x]);
+        }
+        #pragma GCC unroll 8
+        for (int x = 0; x < NV; x++)
+            _mm256_store_ps(sb + (size_t)j * rs + 8 * (g0 + x), A[x]);
+    }
+    #pragma GCC unroll 8
+    for (int x = 0; x < NV; x++)
+        _mm256_storeu_ps(R + 8 * (g0 + x), A[x]);
 }
 
 /* s[rows in [a, b)] = key . Qt[.][row] for the 8-row vectors j0 .. j0+NV-1. */
@@ -593,16 +627,19 @@ AI void wexact8(const float *Qt, int rs, int d, const float *key, float *s, int 
                 int b, const int NV)
 {
     __m256 A[4], B[4];
+    #pragma GCC unroll 16
     for (int x = 0; x < NV; x++)
         A[x] = B[x] = _mm256_setzero_ps();
     const float *q = Qt + 8 * j0;
     for (int e = 0; e < d; e += 2) {
         __m256 k0 = _mm256_broadcast_ss(key + e), k1 = _mm256_broadcast_ss(key + e + 1);
+        #pragma GCC unroll 16
         for (int x = 0; x < NV; x++) {
             A[x] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + (size_t)e * rs + 8 * x), A[x]);
             B[x] = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q + (size_t)(e + 1) * rs + 8 * x), B[x]);
         }
     }
+    #pragma GCC unroll 16
     for (int x = 0; x < NV; x++)
         _mm256_maskstore_ps(s + 8 * (j0 + x), wlanes(j0 + x, a, b), _mm256_add_ps(A[x], B[x]));
 }
@@ -748,8 +785,25 @@ static void attend_wide_avx2(const dl__dunit *u, int dense)
                 cnt[j] = n;
             }
         }
-        /* scores of the block */
-        for (int j = 0; j < nb; j++) {
+        /* scores of the block: first the keys that are delta for every row (the bulk of a
+         * long prefill), with the running sums in registers, 8 row vectors at a time */
+        int jd = 0;
+        while (jd < nb && rfa[jd] == 0 && t0 + jd >= k->sink)
+            jd++;
+        for (int g0 = 0; jd && g0 < nvr; g0 += 8)
+            switch (nvr - g0 < 8 ? nvr - g0 : 8) {
+            case 8: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 8); break;
+            case 7: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 7); break;
+            case 6: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 6); break;
+            case 5: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 5); break;
+            case 4: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 4); break;
+            case 3: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 3); break;
+            case 2: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 2); break;
+            default: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 1); break;
+            }
+        for (int j = 0; j < jd; j++)
+            wfill_rows(sb + (size_t)j * rs, NULL, -INFINITY, rows, 8 * nvr); /* padding: p = 0 */
+        for (int j = jd; j < nb; j++) {
             int t = t0 + j, jrf = rfa[j], jrc = rca[j];
             float *s = sb + (size_t)j * rs;
             if (jrf < rows) { /* the running sums take the deltas of sink keys too */

@@ -66,6 +66,7 @@ AI void sweep_delta(const float *Qt, int rs, int d, const uint8_t *m, const dl_f
                         float *R, const int NV)
 {
     __m512 A[4], B[4];
+    #pragma GCC unroll 16
     for (int x = 0; x < NV; x++)
         A[x] = B[x] = _mm512_setzero_ps();
     const dl_fp16 *v = val;
@@ -81,14 +82,17 @@ AI void sweep_delta(const float *Qt, int rs, int d, const uint8_t *m, const dl_f
             const float *qe = Qt + (size_t)(c + __builtin_ctz(bits)) * rs;
             __m512 b = _mm512_set1_ps(buf[j]);
             if (odd)
+                #pragma GCC unroll 16
                 for (int x = 0; x < NV; x++)
                     B[x] = _mm512_fmadd_ps(b, _mm512_loadu_ps(qe + 16 * x), B[x]);
             else
+                #pragma GCC unroll 16
                 for (int x = 0; x < NV; x++)
                     A[x] = _mm512_fmadd_ps(b, _mm512_loadu_ps(qe + 16 * x), A[x]);
             odd ^= 1;
         }
     }
+    #pragma GCC unroll 16
     for (int x = 0; x < NV; x++)
         _mm512_storeu_ps(R + 16 * x,
                          _mm512_add_ps(_mm512_loadu_ps(R + 16 * x), _mm512_add_ps(A[x], B[x])));
@@ -99,16 +103,19 @@ AI void sweep_exact(const float *Qt, int rs, int d, const float *key, float *s, 
                         int a, int b, const int NV)
 {
     __m512 A[4], B[4];
+    #pragma GCC unroll 16
     for (int x = 0; x < NV; x++)
         A[x] = B[x] = _mm512_setzero_ps();
     const float *q = Qt + 16 * j0;
     for (int e = 0; e < d; e += 2) {
         __m512 k0 = _mm512_set1_ps(key[e]), k1 = _mm512_set1_ps(key[e + 1]);
+        #pragma GCC unroll 16
         for (int x = 0; x < NV; x++) {
             A[x] = _mm512_fmadd_ps(k0, _mm512_loadu_ps(q + (size_t)e * rs + 16 * x), A[x]);
             B[x] = _mm512_fmadd_ps(k1, _mm512_loadu_ps(q + (size_t)(e + 1) * rs + 16 * x), B[x]);
         }
     }
+    #pragma GCC unroll 16
     for (int x = 0; x < NV; x++)
         _mm512_mask_storeu_ps(s + 16 * (j0 + x), lanes(j0 + x, a, b), _mm512_add_ps(A[x], B[x]));
 }
@@ -454,23 +461,30 @@ AI void pv_block(const dl__dunit *u, int r0, int c0, const int NR, const int NVD
     int d = u->k->d, rs = u->rs, tend = u->hi[r0 + NR - 1];
     const dl_fp16 *v = u->k->h->v + c0;
     __m512 A[4][4];
+    #pragma GCC unroll 16
     for (int i = 0; i < NR; i++)
+        #pragma GCC unroll 16
         for (int x = 0; x < NVD; x++)
             A[i][x] = _mm512_setzero_ps();
     for (int t = 0; t <= tend; t++) {
         __m512 vv[4];
+        #pragma GCC unroll 16
         for (int x = 0; x < NVD; x++)
             vv[x] = _mm512_cvtph_ps(
                 _mm256_loadu_si256((const __m256i *)(v + (size_t)t * d + 16 * x)));
         const float *p = u->st + (size_t)t * rs + r0;
+        #pragma GCC unroll 16
         for (int i = 0; i < NR; i++) {
             __m512 b = _mm512_set1_ps(p[i]);
+            #pragma GCC unroll 16
             for (int x = 0; x < NVD; x++)
                 A[i][x] = _mm512_fmadd_ps(b, vv[x], A[i][x]);
         }
     }
+    #pragma GCC unroll 16
     for (int i = 0; i < NR; i++) {
         __m512 sc = _mm512_set1_ps(u->aux[r0 + i]);
+        #pragma GCC unroll 16
         for (int x = 0; x < NVD; x++)
             _mm512_storeu_ps(u->acc + (size_t)(r0 + i) * d + c0 + 16 * x,
                              _mm512_mul_ps(A[i][x], sc));
@@ -935,6 +949,7 @@ AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, in
                    float *R, int j0, const int NV)
 {
     __m512 A[4], B[4];
+    #pragma GCC unroll 16
     for (int x = 0; x < NV; x++)
         A[x] = B[x] = _mm512_setzero_ps();
     const float *q = Qt + 16 * j0;
@@ -942,6 +957,7 @@ AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, in
     for (; i + 2 <= i1; i += 2) {
         __m512 b0 = _mm512_set1_ps(val[i]), b1 = _mm512_set1_ps(val[i + 1]);
         const float *q0 = q + off[i], *q1 = q + off[i + 1];
+        #pragma GCC unroll 16
         for (int x = 0; x < NV; x++) {
             A[x] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(q0 + 16 * x), A[x]);
             B[x] = _mm512_fmadd_ps(b1, _mm512_loadu_ps(q1 + 16 * x), B[x]);
@@ -950,9 +966,11 @@ AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, in
     if (i < i1) {
         __m512 b0 = _mm512_set1_ps(val[i]);
         const float *q0 = q + off[i];
+        #pragma GCC unroll 16
         for (int x = 0; x < NV; x++)
             A[x] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(q0 + 16 * x), A[x]);
     }
+    #pragma GCC unroll 16
     for (int x = 0; x < NV; x++)
         _mm512_storeu_ps(R + 16 * (j0 + x), _mm512_add_ps(_mm512_loadu_ps(R + 16 * (j0 + x)),
                                                           _mm512_add_ps(A[x], B[x])));
@@ -966,18 +984,22 @@ AI void wrun(const float *Qt, const int32_t *off, const float *val, const int *k
              int j1, float *R, float *sb, int rs, const int NV)
 {
     __m512 A[8];
+    #pragma GCC unroll 8
     for (int x = 0; x < NV; x++)
         A[x] = _mm512_loadu_ps(R + 16 * x);
     for (int j = j0; j < j1; j++) {
         for (int i = kst[j]; i < kst[j + 1]; i++) {
             __m512 b = _mm512_set1_ps(val[i]);
             const float *q = Qt + off[i];
+            #pragma GCC unroll 8
             for (int x = 0; x < NV; x++)
                 A[x] = _mm512_fmadd_ps(b, _mm512_loadu_ps(q + 16 * x), A[x]);
         }
+        #pragma GCC unroll 8
         for (int x = 0; x < NV; x++)
             _mm512_store_ps(sb + (size_t)j * rs + 16 * x, A[x]);
     }
+    #pragma GCC unroll 8
     for (int x = 0; x < NV; x++)
         _mm512_storeu_ps(R + 16 * x, A[x]);
 }
