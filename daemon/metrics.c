@@ -1,5 +1,6 @@
 #include "metrics.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,8 @@ struct dl_metrics {
     uint64_t passes, prefill_tokens;
     uint64_t prefix_hits, prefix_queries;
     dl_delta_stage_stats sp[2];
+    int n_layer;                  /* layers of the loaded model; 0 until it is known */
+    dl_delta_stage_stats *layer;  /* [n_layer x 2]: per layer, [prefill, decode] */
     int running, waiting, sessions, entries;
     uint64_t cache_bytes, mem_used, mem_budget;
 };
@@ -80,6 +83,7 @@ void dl_metrics_free(dl_metrics *m)
     if (!m)
         return;
     pthread_mutex_destroy(&m->lock);
+    free(m->layer);
     free(m);
 }
 
@@ -163,6 +167,30 @@ void dl_metrics_sparsity(dl_metrics *m, const dl_delta_stage_stats st[2])
     pthread_mutex_unlock(&m->lock);
 }
 
+int dl_metrics_set_layers(dl_metrics *m, int n_layer)
+{
+    if (n_layer < 1)
+        return -EINVAL;
+    dl_delta_stage_stats *l = calloc((size_t)n_layer * 2, sizeof *l);
+    if (!l)
+        return -ENOMEM;
+    pthread_mutex_lock(&m->lock);
+    free(m->layer);
+    m->layer = l;
+    m->n_layer = n_layer;
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+void dl_metrics_layer_sparsity(dl_metrics *m, const dl_delta_stage_stats *st, int n_layer)
+{
+    pthread_mutex_lock(&m->lock);
+    int n = n_layer < m->n_layer ? n_layer : m->n_layer;
+    for (int i = 0; i < 2 * n; i++)
+        dl_delta_stats_add(&m->layer[i], &st[i]);
+    pthread_mutex_unlock(&m->lock);
+}
+
 void dl_metrics_gauges(dl_metrics *m, int running, int waiting, uint64_t cache_bytes,
                        int sessions, int entries, uint64_t used, uint64_t budget)
 {
@@ -192,6 +220,57 @@ static void label_escaped(dl_sbuf *o, const char *s)
             dl_sbuf_puts(o, "\\n");
         else
             dl_sbuf_add(o, s, 1);
+    }
+}
+
+static uint64_t qk_skipped(const dl_delta_stage_stats *s)
+{
+    return s->qk_macs_dense > s->qk_macs_done ? s->qk_macs_dense - s->qk_macs_done : 0;
+}
+
+/* The per-layer counter families, in the order layer_value numbers them. */
+static const struct {
+    const char *name, *help;
+} layer_fams[] = {
+    {"deltallm_layer_delta_elements_total", "Delta-key elements produced, by layer and stage."},
+    {"deltallm_layer_delta_zero_elements_total",
+     "Delta-key elements that were zero, by layer and stage."},
+    {"deltallm_layer_attention_score_entries_total", "Score entries, by layer and stage."},
+    {"deltallm_layer_attention_exact_entries_total",
+     "Score entries computed exactly (window / sink), by layer and stage."},
+    {"deltallm_layer_attention_qk_macs_total",
+     "q.k multiply-adds dense attention would do, by layer and stage (DeltaLLM sequences)."},
+    {"deltallm_layer_attention_qk_macs_skipped_total",
+     "q.k multiply-adds skipped by DeltaLLM, by layer and stage."},
+};
+
+static uint64_t layer_value(const dl_delta_stage_stats *st, int fam)
+{
+    switch (fam) {
+    case 0: return st->delta_elems;
+    case 1: return st->delta_zeros;
+    case 2: return st->score_entries;
+    case 3: return st->exact_entries;
+    case 4: return st->qk_macs_dense;
+    default: return qk_skipped(st);
+    }
+}
+
+/* Every (layer, stage) pair, zeros included, so that a scraper sees the same set of series
+ * from the first scrape after the model loaded on. */
+static void render_layers(dl_sbuf *o, const dl_metrics *m)
+{
+    static const char *stage[2] = {"prefill", "decode"};
+    if (!m->n_layer)
+        return; /* no model yet */
+    for (int f = 0; f < (int)(sizeof layer_fams / sizeof layer_fams[0]); f++) {
+        head(o, layer_fams[f].name, "counter", layer_fams[f].help);
+        for (int l = 0; l < m->n_layer; l++)
+            for (int s = 0; s < 2; s++) {
+                uint64_t v = layer_value(&m->layer[2 * l + s], f);
+                dl_sbuf_printf(o, "%s{layer=\"%d\",stage=\"%s\"} %llu\n", layer_fams[f].name,
+                               l, stage[s], (unsigned long long)v);
+            }
     }
 }
 
@@ -274,11 +353,9 @@ void dl_metrics_render(dl_metrics *m, dl_sbuf *o)
                        (unsigned long long)m->sp[s].qk_macs_dense);
     head(o, "deltallm_attention_qk_macs_skipped_total", "counter",
          "q.k multiply-adds skipped by DeltaLLM, by stage.");
-    for (int s = 0; s < 2; s++) {
-        uint64_t d = m->sp[s].qk_macs_dense, done = m->sp[s].qk_macs_done;
+    for (int s = 0; s < 2; s++)
         dl_sbuf_printf(o, "deltallm_attention_qk_macs_skipped_total{stage=\"%s\"} %llu\n",
-                       stage[s], (unsigned long long)(d > done ? d - done : 0));
-    }
+                       stage[s], (unsigned long long)qk_skipped(&m->sp[s]));
     head(o, "deltallm_delta_elements_total", "counter", "Delta-key elements produced, by stage.");
     for (int s = 0; s < 2; s++)
         dl_sbuf_printf(o, "deltallm_delta_elements_total{stage=\"%s\"} %llu\n", stage[s],
@@ -296,6 +373,7 @@ void dl_metrics_render(dl_metrics *m, dl_sbuf *o)
     for (int s = 0; s < 2; s++)
         dl_sbuf_printf(o, "deltallm_attention_exact_entries_total{stage=\"%s\"} %llu\n", stage[s],
                        (unsigned long long)m->sp[s].exact_entries);
+    render_layers(o, m);
     for (int i = 0; i < DL_H_COUNT; i++)
         render_hist(o, &m->h[i]);
     pthread_mutex_unlock(&m->lock);

@@ -37,6 +37,15 @@ void dl_metrics_prefix(dl_metrics *m, int hit);
 /* One scheduler step: a forward pass that ran prefill_tokens prompt tokens. */
 void dl_metrics_pass(dl_metrics *m, uint64_t prefill_tokens);
 void dl_metrics_sparsity(dl_metrics *m, const dl_delta_stage_stats st[2]);
+/* The per-layer series need the model's layer count, which is known only once the model is
+ * loaded (the metrics exist, and are served, before that): the worker calls this once,
+ * before it reports ready, so that every layer's series is there, at zero, from then on.
+ * 0, -EINVAL for n_layer < 1, -ENOMEM. Calling it again starts the per-layer counters
+ * over. */
+int dl_metrics_set_layers(dl_metrics *m, int n_layer);
+/* One request's per-layer counters: st[2 * layer + stage], stage 0 prefill, 1 decode, for
+ * n_layer layers (layers the metrics were not set up for are ignored). */
+void dl_metrics_layer_sparsity(dl_metrics *m, const dl_delta_stage_stats *st, int n_layer);
 void dl_metrics_set_model(dl_metrics *m, const char *model_name);
 /* Gauges, set by the scheduler when asked. */
 void dl_metrics_gauges(dl_metrics *m, int running, int waiting, uint64_t cache_bytes,

@@ -256,13 +256,46 @@ static void cmpl_logprobs(dl_sbuf *b, const dl_tokenizer *t, const dl_job *j,
     dl_sbuf_puts(b, "]}");
 }
 
+/* The three figures of a stage, without braces. */
+static void stage_figures(dl_sbuf *b, const dl_delta_stage_stats *s)
+{
+    dl_sbuf_printf(b, "\"element\":%.6f,\"attention\":%.6f,\"qk_skipped\":%.6f",
+                   dl_delta_element_sparsity(s), dl_delta_attention_sparsity(s),
+                   dl_delta_qk_skipped(s));
+}
+
 static void stage_json(dl_sbuf *b, const dl_delta_stage_stats *s)
 {
-    dl_sbuf_printf(b, "{\"element\":%.6f,\"attention\":%.6f,\"qk_skipped\":%.6f,"
-                   "\"qk_macs_dense\":%llu,\"qk_macs_done\":%llu}",
-                   dl_delta_element_sparsity(s), dl_delta_attention_sparsity(s),
-                   dl_delta_qk_skipped(s), (unsigned long long)s->qk_macs_dense,
-                   (unsigned long long)s->qk_macs_done);
+    dl_sbuf_puts(b, "{");
+    stage_figures(b, s);
+    dl_sbuf_printf(b, ",\"qk_macs_dense\":%llu,\"qk_macs_done\":%llu}",
+                   (unsigned long long)s->qk_macs_dense, (unsigned long long)s->qk_macs_done);
+}
+
+/* sparsity.layers: per layer, summed over the choices like the totals; only the three
+ * figures, to keep a deep model's response short. [] for a dense request. */
+static void layers_json(dl_sbuf *b, const dl_job *j)
+{
+    int n = 0;
+    for (int i = 0; i < j->n_choices; i++)
+        n = j->choices[i].n_layers > n ? j->choices[i].n_layers : n;
+    dl_sbuf_puts(b, "[");
+    for (int l = 0; l < n; l++) {
+        dl_delta_stage_stats sp[2] = {{0}, {0}};
+        for (int i = 0; i < j->n_choices; i++) {
+            const dl_choice *c = &j->choices[i];
+            if (l < c->n_layers) {
+                dl_delta_stats_add(&sp[0], &c->layers[2 * l]);
+                dl_delta_stats_add(&sp[1], &c->layers[2 * l + 1]);
+            }
+        }
+        dl_sbuf_puts(b, l ? ",{\"prefill\":{" : "{\"prefill\":{");
+        stage_figures(b, &sp[0]);
+        dl_sbuf_puts(b, "},\"decode\":{");
+        stage_figures(b, &sp[1]);
+        dl_sbuf_puts(b, "}}");
+    }
+    dl_sbuf_puts(b, "]");
 }
 
 /* "usage", "timings" and "sparsity" members (with a leading comma). */
@@ -298,6 +331,8 @@ static void usage_json(dl_sbuf *b, const dl_job *j)
     stage_json(b, &sp[0]);
     dl_sbuf_puts(b, ",\"decode\":");
     stage_json(b, &sp[1]);
+    dl_sbuf_puts(b, ",\"layers\":");
+    layers_json(b, j);
     dl_sbuf_puts(b, "}");
 }
 

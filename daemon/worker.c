@@ -43,6 +43,8 @@ typedef struct run {
     double t_prefill0, t_first, t_last;
     int lead_done;        /* chat: the reply's first text has been seen (leading space dropped) */
     dl_delta_stage_stats base[2];
+    dl_delta_stage_stats *lbase; /* [n_layer x 2]: per-layer counters at the start; NULL
+                                    for a dense sequence */
     float *logits;        /* [n_vocab] */
     float *echo_logits;   /* [echo_cap x n_vocab] for prompt log-probs, or NULL */
     int echo_cap;
@@ -62,6 +64,7 @@ struct dl_sched {
     dl_ctx *ctx;
     const dl_tokenizer *tok;
     int n_vocab;
+    int n_layer;
     size_t kvpt;          /* dense K+V bytes per token */
     uint64_t fixed;       /* weights + ctx scratch */
     dl_job *wait_head, *wait_tail;
@@ -119,6 +122,7 @@ static void job_free(dl_job *j)
         dl_sbuf_free(&j->choices[i].text);
         free(j->choices[i].lp);
         free(j->choices[i].echo_lp);
+        free(j->choices[i].layers);
     }
     for (int p = 0; p < j->n_prompts; p++)
         free(j->prompt_tok[p]);
@@ -297,6 +301,8 @@ static void job_finished_locked(dl_sched *s, dl_job *j)
                 dl_delta_stats_add(&all, &c->sparsity[0]);
                 dl_delta_stats_add(&all, &c->sparsity[1]);
                 dl_metrics_sparsity(m, c->sparsity);
+                if (c->layers)
+                    dl_metrics_layer_sparsity(m, c->layers, c->n_layers);
                 dl_metrics_observe(m, DL_H_ATTN_SPARSITY, dl_delta_attention_sparsity(&all));
             }
         }
@@ -331,6 +337,19 @@ static void stage_diff(dl_delta_stage_stats *out, const dl_delta_stage_stats *a,
 #undef D
 }
 
+/* This run's per-layer counters: the sequence's now less the snapshot start_run took. */
+static void layers_diff(dl_sched *s, const run *r, dl_choice *c)
+{
+    if (!r->lbase)
+        return;
+    for (int l = 0; l < s->n_layer; l++) {
+        const dl_delta_stage_stats *now = dl_seq_delta_layer_stats(r->e->seq, l);
+        stage_diff(&c->layers[2 * l], &now[0], &r->lbase[2 * l]);
+        stage_diff(&c->layers[2 * l + 1], &now[1], &r->lbase[2 * l + 1]);
+    }
+    c->n_layers = s->n_layer;
+}
+
 /* End one run: publish the tail, return its sequence to the cache, maybe end the job. */
 static void finish_run(dl_sched *s, int idx, int reason)
 {
@@ -361,6 +380,7 @@ static void finish_run(dl_sched *s, int idx, int reason)
             c->delta_enabled = 1;
             stage_diff(&c->sparsity[0], &st->stage[0], &r->base[0]);
             stage_diff(&c->sparsity[1], &st->stage[1], &r->base[1]);
+            layers_diff(s, r, c);
         }
         e->bytes = dl_seq_bytes(e->seq);
         e->busy = 0;
@@ -379,6 +399,7 @@ static void finish_run(dl_sched *s, int idx, int reason)
     dl_sampler_free(r->smp);
     free(r->logits);
     free(r->echo_logits);
+    free(r->lbase);
     r->dead = 1;
     for (int i = 0; i < j->n_choices; i++)
         if (j->choices[i].finish == DL_FINISH_NONE)
@@ -497,21 +518,29 @@ static int start_run(dl_sched *s, dl_job *j, int ci, entry *e, char *err, size_t
         r->echo_logits = malloc(sizeof(float) * (size_t)r->echo_cap * (size_t)s->n_vocab);
         c->echo_lp = calloc((size_t)r->n_prompt, sizeof(float));
     }
+    const dl_delta_stats *st = dl_seq_delta_stats(e->seq);
+    if (st) {
+        /* per layer: the counters now, and this choice's share once it ends */
+        r->lbase = malloc(sizeof *r->lbase * 2 * (size_t)s->n_layer);
+        c->layers = calloc(2 * (size_t)s->n_layer, sizeof *c->layers);
+    }
     if (!r->smp || !r->logits || (j->req.logprobs && max_new > 0 && !c->lp) ||
-        (echo_lp(j) && (!r->echo_logits || !c->echo_lp))) {
+        (echo_lp(j) && (!r->echo_logits || !c->echo_lp)) || (st && (!r->lbase || !c->layers))) {
         dl_sampler_free(r->smp);
         free(r->logits);
         free(r->echo_logits);
+        free(r->lbase);
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
     for (int i = 0; i < r->n_prompt; i++)
         dl_sampler_accept(r->smp, r->prompt[i]);
     dl_utf8_stream_init(&r->u8);
-    const dl_delta_stats *st = dl_seq_delta_stats(e->seq);
     if (st) {
         r->base[0] = st->stage[0];
         r->base[1] = st->stage[1];
+        for (int l = 0; l < s->n_layer; l++)
+            memcpy(&r->lbase[2 * l], dl_seq_delta_layer_stats(e->seq, l), 2 * sizeof *r->lbase);
     }
     r->t_prefill0 = dl_now();
     s->n_runs++;
@@ -840,6 +869,10 @@ static int load(dl_sched *s)
     dl_model *m = NULL;
     double t0 = dl_now();
     int rc = dl_model_load(s->o.model_path, &m, err, sizeof err);
+    /* before READY, so that the per-layer series are there (at zero) before any request */
+    if (!rc && s->o.metrics &&
+        (rc = dl_metrics_set_layers(s->o.metrics, dl_model_hparams(m)->n_layer)))
+        snprintf(err, sizeof err, "cannot set up the per-layer metrics: %s", strerror(-rc));
     dl_ctx *ctx = NULL;
     if (!rc) {
         ctx = dl_ctx_create(m, s->o.batch, s->o.ctx, s->o.threads, err, sizeof err);
@@ -856,6 +889,7 @@ static int load(dl_sched *s)
         s->ctx = ctx;
         s->tok = dl_model_tokenizer(m);
         s->n_vocab = dl_model_hparams(m)->n_vocab;
+        s->n_layer = dl_model_hparams(m)->n_layer;
         s->kvpt = dl_model_kv_bytes_per_token(m);
         s->fixed = dl_model_weight_bytes(m) + dl_ctx_bytes(ctx);
         if (s->fixed + (uint64_t)s->kvpt * 16 > s->o.memory_budget) {

@@ -52,6 +52,8 @@ typedef struct dl_choice {
     double prompt_ms, gen_ms; /* prefill time, decode time */
     int delta_enabled;
     dl_delta_stage_stats sparsity[2]; /* this request's [prefill, decode] statistics */
+    int n_layers;             /* layers in `layers`: the model's for DeltaLLM, else 0 */
+    dl_delta_stage_stats *layers; /* [n_layers x 2]: `sparsity` per layer, [2 * layer + stage] */
     int n_lp;                 /* log-prob records filled */
     dl_lp_rec *lp;            /* [max tokens] when logprobs were asked, else NULL */
     float *echo_lp;           /* completions echo+logprobs: [n_prompt], [0] unused */

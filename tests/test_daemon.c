@@ -115,18 +115,25 @@ static void check_error(const resp *r, long status, const char *param)
     cJSON_Delete(j);
 }
 
-/* Value of a metric line "name{labels} value" (exact name+labels), or -1. */
-static double metric(int port, const char *series)
+/* Value of the line "name{labels} value" (exact name+labels) in a /metrics body, or -1. */
+static double series_value(const char *body, const char *series)
 {
-    resp r = http_key(port, "GET", "/metrics", NULL, KEY);
     double v = -1;
     size_t n = strlen(series);
-    for (char *p = r.body; p && *p;) {
-        char *eol = strchr(p, '\n');
+    for (const char *p = body; p && *p;) {
+        const char *eol = strchr(p, '\n');
         if (!strncmp(p, series, n) && p[n] == ' ')
             v = atof(p + n + 1);
         p = eol ? eol + 1 : NULL;
     }
+    return v;
+}
+
+/* The same from a fresh scrape. */
+static double metric(int port, const char *series)
+{
+    resp r = http_key(port, "GET", "/metrics", NULL, KEY);
+    double v = series_value(r.body, series);
     resp_free(&r);
     return v;
 }
@@ -767,6 +774,107 @@ START_TEST(metrics_text)
 }
 END_TEST
 
+#define N_LAYER 5 /* stories260K */
+
+/* sparsity.layers of a response: n_layer objects of two stages with three figures in [0, 1];
+ * returns the array. */
+static cJSON *check_layers(cJSON *j, int n_layer)
+{
+    cJSON *layers = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "sparsity"), "layers");
+    ck_assert_msg(cJSON_IsArray(layers), "no sparsity.layers array");
+    ck_assert_int_eq(cJSON_GetArraySize(layers), n_layer);
+    static const char *fig[] = {"element", "attention", "qk_skipped"};
+    for (int l = 0; l < n_layer; l++) {
+        cJSON *lo = cJSON_GetArrayItem(layers, l);
+        ck_assert_msg(cJSON_IsObject(lo), "layers[%d] is not an object", l);
+        ck_assert_int_eq(cJSON_GetArraySize(lo), 2);
+        for (int st = 0; st < 2; st++) {
+            cJSON *s = cJSON_GetObjectItem(lo, st ? "decode" : "prefill");
+            ck_assert_msg(cJSON_IsObject(s), "layers[%d] has no stage %d", l, st);
+            ck_assert_int_eq(cJSON_GetArraySize(s), 3);
+            for (int f = 0; f < 3; f++) {
+                cJSON *v = cJSON_GetObjectItem(s, fig[f]);
+                ck_assert_msg(cJSON_IsNumber(v) && v->valuedouble >= 0 && v->valuedouble <= 1,
+                              "layers[%d].%s.%s", l, st ? "decode" : "prefill", fig[f]);
+            }
+        }
+    }
+    return layers;
+}
+
+static double layer_figure(cJSON *layers, int l, const char *stage, const char *fig)
+{
+    return cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetArrayItem(layers, l), stage), fig)
+        ->valuedouble;
+}
+
+START_TEST(sparsity_layers)
+{
+    /* a delta request: every layer reported, and each layer hits about the target */
+    resp r = http("POST", "/v1/completions",
+                  "{\"prompt\":\"Once upon a time there was a little girl\",\"max_tokens\":6,"
+                  "\"temperature\":0,\"delta\":{\"enabled\":true,\"sparsity_target\":0.5}}");
+    cJSON *j = parse_ok(&r);
+    cJSON *layers = check_layers(j, N_LAYER);
+    for (int l = 0; l < N_LAYER; l++)
+        ck_assert_msg(layer_figure(layers, l, "prefill", "element") > 0,
+                      "layer %d: no prefill element sparsity", l);
+    cJSON_Delete(j);
+    resp_free(&r);
+    /* the per-layer counters in /metrics add up to the stage totals */
+    r = http("GET", "/metrics", NULL);
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_msg(strstr(r.body, "# TYPE deltallm_layer_delta_elements_total counter"),
+                  "no per-layer family");
+    ck_assert_msg(series_value(r.body, "deltallm_layer_delta_elements_total"
+                                       "{layer=\"0\",stage=\"prefill\"}") > 0,
+                  "no layer 0 prefill elements");
+    const char *fams[] = {"delta_elements", "delta_zero_elements", "attention_score_entries",
+                          "attention_exact_entries", "attention_qk_macs",
+                          "attention_qk_macs_skipped"};
+    for (size_t f = 0; f < sizeof fams / sizeof fams[0]; f++)
+        for (int st = 0; st < 2; st++) {
+            const char *stage = st ? "decode" : "prefill";
+            char name[200];
+            double sum = 0;
+            for (int l = 0; l < N_LAYER; l++) {
+                snprintf(name, sizeof name, "deltallm_layer_%s_total{layer=\"%d\",stage=\"%s\"}",
+                         fams[f], l, stage);
+                double v = series_value(r.body, name);
+                ck_assert_msg(v >= 0, "no series %s", name);
+                sum += v;
+            }
+            snprintf(name, sizeof name, "deltallm_layer_%s_total{layer=\"%d\",stage=\"%s\"}",
+                     fams[f], N_LAYER, stage);
+            ck_assert_msg(series_value(r.body, name) < 0, "a series past the last layer: %s", name);
+            snprintf(name, sizeof name, "deltallm_%s_total{stage=\"%s\"}", fams[f], stage);
+            ck_assert_msg(sum == series_value(r.body, name), "%s: layers sum to %.0f, total %.0f",
+                          name, sum, series_value(r.body, name));
+        }
+    resp_free(&r);
+    /* a dense request has none */
+    r = http("POST", "/v1/completions",
+             "{\"prompt\":\"Once upon a time\",\"max_tokens\":3,\"delta\":{\"enabled\":false}}");
+    j = parse_ok(&r);
+    layers = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "sparsity"), "layers");
+    ck_assert_msg(cJSON_IsArray(layers) && cJSON_GetArraySize(layers) == 0, "dense: %s", r.body);
+    cJSON_Delete(j);
+    resp_free(&r);
+    /* streaming: the usage chunk carries them too, summed over n = 2 choices */
+    r = http("POST", "/v1/completions",
+             "{\"prompt\":\"The dog\",\"max_tokens\":4,\"n\":2,\"stream\":true,"
+             "\"stream_options\":{\"include_usage\":true},\"delta\":{\"enabled\":true}}");
+    ck_assert_int_eq(r.status, 200);
+    int n_ev;
+    cJSON *u;
+    free(sse_text(r.body, 0, &n_ev, &u));
+    ck_assert_msg(u != NULL, "no usage chunk");
+    check_layers(u, N_LAYER);
+    cJSON_Delete(u);
+    resp_free(&r);
+}
+END_TEST
+
 /* ---- concurrency, disconnects, back-pressure -------------------------------------------- */
 
 #define NCLI 16
@@ -1108,6 +1216,7 @@ static Suite *suite(void)
     tcase_add_test(t, chat_and_streaming);
     tcase_add_test(t, sessions);
     tcase_add_test(t, metrics_text);
+    tcase_add_test(t, sparsity_layers);
     tcase_add_test(t, concurrent_streams_equal_alone);
     suite_add_tcase(s, t);
     TCase *o = tcase_create("own-daemon");
