@@ -92,6 +92,7 @@ struct dl_delta_cache {
     double *qcnt;     /* [n_layer][n_kv] queries summed */
     float *qw;        /* [n_layer][n_kv][d] channel weights, RMS 1 (see key_weights) */
     dl_delta_stage_stats *lstats; /* [n_layer][2]: per layer, prefill / decode */
+    double *kstep;    /* [n_layer][2]: score change sums (see score_change) */
     int32_t *qlo;     /* [n_ctx] boundary per query of the current call */
     void *map;
     size_t map_bytes;
@@ -294,7 +295,9 @@ dl_delta_cache *dl_delta_cache_create(int n_layer, int n_head_kv, int head_dim, 
     c->qcnt = calloc(nh, sizeof *c->qcnt);
     c->qw = malloc(nh * (size_t)head_dim * sizeof *c->qw);
     c->lstats = calloc((size_t)n_layer * 2, sizeof *c->lstats);
-    if (!c->heads || !c->theta || !c->qlo || !c->qsum || !c->qcnt || !c->qw || !c->lstats)
+    c->kstep = calloc((size_t)n_layer * 2, sizeof *c->kstep);
+    if (!c->heads || !c->theta || !c->qlo || !c->qsum || !c->qcnt || !c->qw || !c->lstats ||
+        !c->kstep)
         goto fail_mem;
     size_t per = head_layout(c, NULL, NULL);
     c->map_bytes = per * (size_t)n_layer * (size_t)n_head_kv;
@@ -345,6 +348,7 @@ void dl_delta_cache_free(dl_delta_cache *c)
     free(c->qcnt);
     free(c->qw);
     free(c->lstats);
+    free(c->kstep);
     free(c->scratch);
     free(c->okey);
     free(c->okhat);
@@ -364,6 +368,45 @@ const dl_delta_stage_stats *dl_delta_cache_layer_stats(const dl_delta_cache *c, 
 }
 
 int dl_delta_cache_layers(const dl_delta_cache *c) { return c->n_layer; }
+
+int dl_delta_cache_score_change(const dl_delta_cache *c, int layer, double *step_sq,
+                                double *spread_sq)
+{
+    if (layer < 0 || layer >= c->n_layer)
+        return -EINVAL;
+    *step_sq = c->kstep[2 * layer];
+    *spread_sq = c->kstep[2 * layer + 1];
+    return 0;
+}
+
+/* How alike the scores of neighbouring keys are (a diagnostic of the method's premise,
+ * spec section 1): for each query head, with the call's last query q, over the call's keys
+ * s_t = q.k_t: Σ (s_t - s_(t-1))^2 and 2 Σ (s_t - mean s)^2. Calls of one token (decode)
+ * add nothing. */
+static void score_change(dl_delta_cache *c, int layer, int n_head, const float *q,
+                         const float *k, int n)
+{
+    int d = c->d, ks = c->n_kv * d, G = n_head / c->n_kv;
+    if (n < 2)
+        return;
+    double step = 0, spread = 0;
+    for (int h = 0; h < n_head; h++) {
+        const float *qh = q + (size_t)(n - 1) * n_head * d + (size_t)h * d;
+        const float *kh = k + (size_t)(h / G) * d;
+        double sum = 0, sq = 0, prev = 0;
+        for (int a = 0; a < n; a++) {
+            double s = dl_dot_f32(qh, kh + (size_t)a * ks, d);
+            if (a)
+                step += (s - prev) * (s - prev);
+            prev = s;
+            sum += s;
+            sq += s * s;
+        }
+        spread += 2 * (sq - sum * sum / n);
+    }
+    c->kstep[2 * layer] += step;
+    c->kstep[2 * layer + 1] += spread;
+}
 
 size_t dl_delta_cache_bytes(const dl_delta_cache *c)
 {
@@ -1094,6 +1137,8 @@ int dl_delta_attention(dl_delta_cache *c, dl_delta_scratch *scr, dl_pool *pool, 
         run_call(c, pool, &cl);
     if (c->oracle)
         oracle_attention(c, layer, n_head, q, p0, n, out);
+
+    score_change(c, layer, n_head, q, k, n);
 
     /* 4: the ring keeps the exact keys of the last ring_cap positions */
     int a_first = n > c->ring_cap ? n - c->ring_cap : 0;

@@ -84,6 +84,15 @@ const dl_delta_stats *dl_delta_cache_stats(const dl_delta_cache *c);
  * over the layers); NULL for a layer out of range. Cumulative like the totals. */
 const dl_delta_stage_stats *dl_delta_cache_layer_stats(const dl_delta_cache *c, int layer);
 int dl_delta_cache_layers(const dl_delta_cache *c);
+/* How alike the attention scores of neighbouring keys are, the premise of the method (a
+ * stale key costs little only if k_t is close to k_(t-1) as the queries see it). Over the
+ * keys of every multi-token call, with each head's last query q of the call and
+ * s_t = q.k_t: *step_sq = Σ (s_t - s_(t-1))^2, *spread_sq = 2 Σ (s_t - mean)^2
+ * (cumulative). 1 - step_sq / spread_sq is the scores' lag-1 autocorrelation along the
+ * keys: near 1 for smooth keys, near 0 when neighbours are unrelated. -EINVAL for a bad
+ * layer. */
+int dl_delta_cache_score_change(const dl_delta_cache *c, int layer, double *step_sq,
+                                double *spread_sq);
 /* Cache data (reference, stream, ring, sink, V) plus the fallback scratch, which exists only
  * once dl_delta_attention ran with scr NULL. */
 size_t dl_delta_cache_bytes(const dl_delta_cache *c);

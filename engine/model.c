@@ -694,6 +694,8 @@ const dl_delta_stage_stats *dl_seq_delta_layer_stats(const dl_seq *s, int il)
     return s->delta ? dl_delta_cache_layer_stats(s->delta, il) : NULL;
 }
 
+const dl_delta_cache *dl_seq_delta_cache(const dl_seq *s) { return s->delta; }
+
 const dl_delta_params *dl_seq_delta_params(const dl_seq *s)
 {
     return s->delta ? &s->dp : NULL;

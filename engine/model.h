@@ -81,6 +81,8 @@ size_t dl_seq_bytes(const dl_seq *s);       /* memory its caches hold now */
 const dl_delta_stats *dl_seq_delta_stats(const dl_seq *s);
 /* Per layer ([0] prefill, [1] decode); NULL without delta attention or for a bad layer. */
 const dl_delta_stage_stats *dl_seq_delta_layer_stats(const dl_seq *s, int layer);
+/* The delta cache (NULL for a dense sequence), for the finer figures of delta.h. */
+const dl_delta_cache *dl_seq_delta_cache(const dl_seq *s);
 const dl_delta_params *dl_seq_delta_params(const dl_seq *s);
 
 typedef struct dl_batch_item {

@@ -795,6 +795,42 @@ START_TEST(test_layer_stats)
 }
 END_TEST
 
+/* The score-change diagnostic: smooth keys (a slow random walk) give a lag-1 score
+ * autocorrelation near 1, independent keys near 0; one-token calls add nothing. */
+START_TEST(test_score_change)
+{
+    int d = 32, n_kv = 2, G = 2, nh = n_kv * G, T = 400;
+    for (int smooth = 0; smooth < 2; smooth++) {
+        prob p;
+        prob_make(&p, 1, n_kv, G, d, T, 0.02f, 31 + smooth);
+        if (!smooth)
+            for (size_t i = 0; i < (size_t)T * n_kv * d; i++)
+                p.k[i] = nrand();
+        dl_delta_params dp;
+        dl_delta_params_default(&dp);
+        char err[128];
+        dl_delta_cache *c = dl_delta_cache_create(1, n_kv, d, T, &dp, err, sizeof err);
+        float *out = malloc((size_t)T * nh * d * sizeof(float));
+        double step, spread, s2, sp2;
+        ck_assert_int_eq(dl_delta_cache_score_change(c, 1, &step, &spread), -EINVAL);
+        ck_assert_int_eq(dl_delta_attention(c, NULL, NULL, 0, nh, pq(&p, 0, 0), pk(&p, 0, 0), pv(&p, 0, 0), 390, 1, out), 0);
+        ck_assert_int_eq(dl_delta_cache_score_change(c, 0, &step, &spread), 0);
+        double corr = 1 - step / spread;
+        if (smooth)
+            ck_assert_msg(corr > 0.95, "smooth keys: %g", corr);
+        else
+            ck_assert_msg(fabs(corr) < 0.15, "independent keys: %g", corr);
+        for (int t = 390; t < T; t++)
+            ck_assert_int_eq(dl_delta_attention(c, NULL, NULL, 0, nh, pq(&p, 0, t), pk(&p, 0, t), pv(&p, 0, t), 1, 0, out), 0);
+        dl_delta_cache_score_change(c, 0, &s2, &sp2);
+        ck_assert(s2 == step && sp2 == spread);
+        free(out);
+        dl_delta_cache_free(c);
+        prob_free(&p);
+    }
+}
+END_TEST
+
 /* The 8-bit encoder and the theta bisection's simulation of it run with SIMD where the
  * ISA has it; they must give the scalar loop's bits (mask, values, references, zeros),
  * so that the stream, the chosen theta and the statistics do not depend on the machine.
@@ -1153,6 +1189,7 @@ static Suite *delta_suite(void)
     tcase_add_test(tc, test_bytes_and_target);
     tcase_add_test(tc, test_theta_same_on_every_isa);
     tcase_add_test(tc, test_layer_stats);
+    tcase_add_test(tc, test_score_change);
     tcase_add_test(tc, test_fused_prefill);
     tcase_add_test(tc, test_decode_long);
     tcase_add_test(tc, test_decode_dims8);

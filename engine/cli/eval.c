@@ -47,6 +47,7 @@ typedef struct eval_result {
     double nll_dense, nll_delta, kl, n_scored, top1;
     dl_delta_stage_stats st[2];
     dl_delta_stage_stats *lst; /* [n_layer][2] per layer, prefill / decode */
+    double *kch;               /* [n_layer][2] score change sums (dl_delta_cache_score_change) */
     int n_layer;
     double k_bytes, k_dense_bytes, v_bytes;
     int n_windows;
@@ -148,6 +149,13 @@ static int eval_window(evaluator *e, const dl_delta_params *dp, const int32_t *w
         for (int l = 0; l < r->n_layer; l++)
             for (int st = 0; st < 2; st++)
                 dl_delta_stats_add(&r->lst[2 * l + st], &dl_seq_delta_layer_stats(sq, l)[st]);
+        for (int l = 0; l < r->n_layer; l++) {
+            double step, energy;
+            if (dl_delta_cache_score_change(dl_seq_delta_cache(sq), l, &step, &energy) == 0) {
+                r->kch[2 * l] += step;
+                r->kch[2 * l + 1] += energy;
+            }
+        }
         r->k_bytes += (double)ds->k_cache_bytes;
         r->k_dense_bytes += (double)ds->k_cache_dense_bytes;
         r->v_bytes += (double)ds->v_cache_bytes;
@@ -171,7 +179,8 @@ static int eval_ppl(evaluator *e, const int32_t *toks, int n_tok, const dl_delta
     memset(r, 0, sizeof *r);
     r->n_layer = dl_model_hparams(e->m)->n_layer;
     r->lst = calloc((size_t)r->n_layer * 2, sizeof *r->lst);
-    if (!r->lst) {
+    r->kch = calloc((size_t)r->n_layer * 2, sizeof *r->kch);
+    if (!r->lst || !r->kch) {
         free(w);
         return -1;
     }
@@ -194,6 +203,19 @@ static int eval_ppl(evaluator *e, const int32_t *toks, int n_tok, const dl_delta
     return rc;
 }
 
+/* Lag-1 autocorrelation of the scores along the keys, 1 - Σ(s_t - s_(t-1))^2 / 2Σ(s_t -
+ * mean)^2, of layer l or, for l < 0, of all layers (dl_delta_cache_score_change). */
+static double key_similarity(const eval_result *r, int l)
+{
+    double step = 0, energy = 0;
+    for (int i = 0; i < r->n_layer; i++)
+        if (l < 0 || i == l) {
+            step += r->kch[2 * i];
+            energy += r->kch[2 * i + 1];
+        }
+    return energy > 0 ? 1 - step / energy : 0;
+}
+
 static dl_delta_stage_stats both_stages(const eval_result *r)
 {
     dl_delta_stage_stats s = r->st[0];
@@ -213,14 +235,14 @@ static void print_ppl(const eval_opts *o, const dl_delta_params *dp, const eval_
                "\"attention_sparsity\":%.6f,\"element_sparsity\":%.6f,\"qk_work_skipped\":%.6f,"
                "\"prefill_attention_sparsity\":%.6f,\"decode_attention_sparsity\":%.6f,"
                "\"k_cache_bytes\":%.0f,\"k_cache_dense_bytes\":%.0f,\"v_cache_bytes\":%.0f,"
-               "\"layers\":[",
+               "\"score_autocorrelation\":%.6f,\"layers\":[",
                o->ctx, o->stride, r->n_windows, r->n_scored, dp->theta, dp->sparsity_target,
                dp->window, dp->sink, pd, pq, pq / pd - 1, r->kl / r->n_scored,
                r->top1 / r->n_scored, dl_delta_attention_sparsity(&all),
                dl_delta_element_sparsity(&all), dl_delta_qk_skipped(&all),
                dl_delta_attention_sparsity(&r->st[0]), dl_delta_attention_sparsity(&r->st[1]),
                r->k_bytes / r->n_windows, r->k_dense_bytes / r->n_windows,
-               r->v_bytes / r->n_windows);
+               r->v_bytes / r->n_windows, key_similarity(r, -1));
         for (int l = 0; l < r->n_layer; l++) {
             const dl_delta_stage_stats *ls = &r->lst[2 * l];
             dl_delta_stage_stats lb = ls[0];
@@ -228,11 +250,11 @@ static void print_ppl(const eval_opts *o, const dl_delta_params *dp, const eval_
             printf("%s{\"layer\":%d,\"element_sparsity\":%.6f,\"attention_sparsity\":%.6f,"
                    "\"qk_work_skipped\":%.6f,\"prefill_element_sparsity\":%.6f,"
                    "\"prefill_attention_sparsity\":%.6f,\"decode_element_sparsity\":%.6f,"
-                   "\"decode_attention_sparsity\":%.6f}", l ? "," : "", l,
+                   "\"decode_attention_sparsity\":%.6f,\"score_autocorrelation\":%.6f}", l ? "," : "", l,
                    dl_delta_element_sparsity(&lb), dl_delta_attention_sparsity(&lb),
                    dl_delta_qk_skipped(&lb), dl_delta_element_sparsity(&ls[0]),
                    dl_delta_attention_sparsity(&ls[0]), dl_delta_element_sparsity(&ls[1]),
-                   dl_delta_attention_sparsity(&ls[1]));
+                   dl_delta_attention_sparsity(&ls[1]), key_similarity(r, l));
         }
         printf("]}\n");
         return;
@@ -252,16 +274,18 @@ static void print_ppl(const eval_opts *o, const dl_delta_params *dp, const eval_
            r->k_bytes / r->n_windows, r->k_dense_bytes / r->n_windows,
            100 * r->k_bytes / r->k_dense_bytes,
            100 * (r->k_bytes + r->v_bytes) / (2 * r->k_dense_bytes));
+    printf("neighbouring keys' score correlation %.3f (lag-1 autocorrelation of q.k_t along "
+           "the keys; the method assumes close to 1)\n", key_similarity(r, -1));
     printf("per layer   element sparsity prefill / decode   attention sparsity prefill / decode"
-           "   QK work skipped (both)\n");
+           "   QK work skipped (both)   score corr.\n");
     for (int l = 0; l < r->n_layer; l++) {
         const dl_delta_stage_stats *ls = &r->lst[2 * l];
         dl_delta_stage_stats lb = ls[0];
         dl_delta_stats_add(&lb, &ls[1]);
-        printf("  layer %-3d %15.1f%% / %5.1f%% %23.1f%% / %5.1f%% %18.1f%%\n", l,
+        printf("  layer %-3d %15.1f%% / %5.1f%% %23.1f%% / %5.1f%% %18.1f%% %16.3f\n", l,
                100 * dl_delta_element_sparsity(&ls[0]), 100 * dl_delta_element_sparsity(&ls[1]),
                100 * dl_delta_attention_sparsity(&ls[0]), 100 * dl_delta_attention_sparsity(&ls[1]),
-               100 * dl_delta_qk_skipped(&lb));
+               100 * dl_delta_qk_skipped(&lb), key_similarity(r, l));
     }
 }
 
@@ -322,6 +346,7 @@ static int run_ppl(evaluator *e)
         if ((rc = eval_ppl(e, toks, n_tok, &o->run.delta, &r)) == 0)
             print_ppl(o, &o->run.delta, &r);
         free(r.lst);
+        free(r.kch);
     } else {
         if (!o->json)
             printf("| %-12s | window | elem sp | attn sp prefill | attn sp both | QK skipped | "
@@ -341,6 +366,7 @@ static int run_ppl(evaluator *e)
                 if ((rc = eval_ppl(e, toks, n_tok, &dp, &r)) == 0)
                     print_sweep_row(o, &dp, &r);
                 free(r.lst);
+                free(r.kch);
                 fflush(stdout);
             }
     }
