@@ -776,6 +776,8 @@ static float choose_theta(const dl_delta_cache *c, dl_pool *pool, int layer, con
 
 /* ---------------------------------------------------------------- attention units */
 
+static int round16(int x) { return (x + 15) & ~15; }
+
 typedef struct dl__dcall {
     const dl_delta_cache *c;
     const dl__dops *ops;
@@ -794,10 +796,19 @@ typedef struct dl__dcall {
 static void run_unit(dl__dcall *cl, int unit, float *scr)
 {
     const dl_delta_cache *c = cl->c;
-    int d = c->d, G = cl->G, rs = cl->rs;
+    int d = c->d, G = cl->G;
     int g = unit / cl->n_tiles, tile = unit % cl->n_tiles;
     int a0 = tile * cl->ta, a1 = a0 + cl->ta < cl->n ? a0 + cl->ta : cl->n;
     int rows = (a1 - a0) * G;
+    /* Which kernel: the fused decode one (one query: its rows share lo and hi), the fused
+     * prefill one, or the split kernels. These keep a score matrix of row stride rs in
+     * the scratch's n_ctx x stc area, so their rs is the unit's own (<= 64 <= stc) rather
+     * than the call's (128 where the fused prefill kernel runs; a last tile of fewer than
+     * 16 rows falls back to the split kernels). */
+    int group = cl->ops->attend_group && a1 - a0 == 1 && rows <= DL__GROUP_ROWS && d <= 256;
+    int wide = !group && cl->ops->attend_wide && rows >= 16 &&
+               cl->rs <= cl->ops->wide_max_rs && d <= cl->ops->wide_max_d;
+    int rs = group || wide ? cl->rs : round16(rows);
     float *Qt = scr, *Q = Qt + (size_t)d * rs, *r = Q + (size_t)rs * d;
     float *aux = r + rs, *acc = aux + rs;
     int32_t *lo = (int32_t *)(acc + (size_t)rs * d), *hi = lo + rs;
@@ -815,8 +826,6 @@ static void run_unit(dl__dcall *cl, int unit, float *scr)
             hi[row] = cl->p0 + a;
         }
     /* the fused decode kernel reads Q; the others the transposed tile, padded to rs */
-    int group = cl->ops->attend_group && rows <= DL__GROUP_ROWS && d <= 256 &&
-                lo[0] == lo[rows - 1] && hi[0] == hi[rows - 1];
     if (!group)
         for (int e = 0; e < d; e++) {
             for (int row = 0; row < rows; row++)
@@ -846,8 +855,7 @@ static void run_unit(dl__dcall *cl, int unit, float *scr)
         cl->ops->attend_group(&u, cl->dense);
         goto done;
     }
-    if (cl->ops->attend_wide && rows >= 16 && rs <= cl->ops->wide_max_rs &&
-        d <= cl->ops->wide_max_d) {
+    if (wide) {
         cl->ops->attend_wide(&u, cl->dense);
         goto done;
     }
@@ -878,8 +886,6 @@ static void unit_worker(void *arg, int ith, int nth)
         run_unit(cl, u, scr);
     }
 }
-
-static int round16(int x) { return (x + 15) & ~15; }
 
 static int tile_rows(int d)
 {

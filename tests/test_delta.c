@@ -749,6 +749,36 @@ START_TEST(test_bytes_and_target)
 }
 END_TEST
 
+/* A prefill whose last query tile has fewer than 16 rows runs the split kernels inside a
+ * call whose other tiles take the fused prefill kernel (128-row units). Their score
+ * matrix must use the tile's own row stride: with the call's, a prompt longer than half
+ * the context wrote past the scratch (found by ASan). Oracle check on every ISA, a
+ * context just above the prompt, 390 = 6 x 64 + 6 queries (G 2: a 12-row last tile) and
+ * 33 = 32 + 1 queries (G 4: 4 rows). */
+START_TEST(test_short_last_tile)
+{
+    static const int shapes[][3] = { { 2, 390, 400 }, { 4, 33, 40 } }; /* G, prompt, ctx */
+    for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
+        if (!isa_available(isas[ii]))
+            continue;
+        dl_isa_force(isas[ii]);
+        for (int si = 0; si < 2; si++) {
+            prob p;
+            prob_make(&p, 1, 2, shapes[si][0], 32, shapes[si][2], 0.15f, 41 + si);
+            dl_delta_params dp;
+            dl_delta_params_default(&dp);
+            dp.sparsity_target = -1;
+            dp.theta = 0.1f;
+            dp.window = 8;
+            double e = run_prefill_decode(&p, &dp, shapes[si][1], 2);
+            ck_assert_msg(e < 2e-4, "%s shape %d: err %g", dl_isa_name(isas[ii]), si, e);
+            prob_free(&p);
+        }
+    }
+    dl_isa_force(dl_isa_detect());
+}
+END_TEST
+
 /* Statistics per layer: their sums are the stage totals, field by field, through prefill
  * and decode; layers keep their own figures (a fixed theta per call differs by layer
  * here through the keys' scale); out-of-range layers give NULL. */
@@ -1189,6 +1219,7 @@ static Suite *delta_suite(void)
     tcase_add_test(tc, test_bytes_and_target);
     tcase_add_test(tc, test_theta_same_on_every_isa);
     tcase_add_test(tc, test_layer_stats);
+    tcase_add_test(tc, test_short_last_tile);
     tcase_add_test(tc, test_score_change);
     tcase_add_test(tc, test_fused_prefill);
     tcase_add_test(tc, test_decode_long);
