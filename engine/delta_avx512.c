@@ -983,25 +983,39 @@ AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, in
 AI void wrun(const float *Qt, const int32_t *off, const float *val, const int *kst, int j0,
              int j1, float *R, float *sb, int rs, const int NV)
 {
-    __m512 A[8];
+    /* two sets of sums, alternate values: a value's FMAs do not wait on the previous
+     * value's (A + B is each key's score row and the running sum carried on) */
+    __m512 A[8], B[8];
     #pragma GCC unroll 8
-    for (int x = 0; x < NV; x++)
+    for (int x = 0; x < NV; x++) {
         A[x] = _mm512_loadu_ps(R + 16 * x);
+        B[x] = _mm512_setzero_ps();
+    }
     for (int j = j0; j < j1; j++) {
-        for (int i = kst[j]; i < kst[j + 1]; i++) {
-            __m512 b = _mm512_set1_ps(val[i]);
-            const float *q = Qt + off[i];
+        int i = kst[j], i1 = kst[j + 1];
+        for (; i + 2 <= i1; i += 2) {
+            __m512 b0 = _mm512_set1_ps(val[i]), b1 = _mm512_set1_ps(val[i + 1]);
+            const float *q0 = Qt + off[i], *q1 = Qt + off[i + 1];
+            #pragma GCC unroll 8
+            for (int x = 0; x < NV; x++) {
+                A[x] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(q0 + 16 * x), A[x]);
+                B[x] = _mm512_fmadd_ps(b1, _mm512_loadu_ps(q1 + 16 * x), B[x]);
+            }
+        }
+        if (i < i1) {
+            __m512 b0 = _mm512_set1_ps(val[i]);
+            const float *q0 = Qt + off[i];
             #pragma GCC unroll 8
             for (int x = 0; x < NV; x++)
-                A[x] = _mm512_fmadd_ps(b, _mm512_loadu_ps(q + 16 * x), A[x]);
+                A[x] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(q0 + 16 * x), A[x]);
         }
         #pragma GCC unroll 8
         for (int x = 0; x < NV; x++)
-            _mm512_store_ps(sb + (size_t)j * rs + 16 * x, A[x]);
+            _mm512_store_ps(sb + (size_t)j * rs + 16 * x, _mm512_add_ps(A[x], B[x]));
     }
     #pragma GCC unroll 8
     for (int x = 0; x < NV; x++)
-        _mm512_storeu_ps(R + 16 * x, A[x]);
+        _mm512_storeu_ps(R + 16 * x, _mm512_add_ps(A[x], B[x]));
 }
 
 /* acc[r0 + i] = acc[r0 + i] * corr[r0 + i] + Σ_j p[j][r0 + i] V[j] for four rows, NVD
