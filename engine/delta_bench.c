@@ -237,8 +237,8 @@ int dl_delta_bench(const dl_delta_bench_config *cfg, dl_delta_bench_result *out,
         !b.base)
         goto done;
     for (int l = 0; l < L; l++) {
-        b.kc[l] = malloc((size_t)T * kw * sizeof(dl_fp16));
-        b.vc[l] = malloc((size_t)T * kw * sizeof(dl_fp16));
+        b.kc[l] = aligned_alloc(64, (size_t)T * kw * sizeof(dl_fp16));
+        b.vc[l] = aligned_alloc(64, (size_t)T * kw * sizeof(dl_fp16));
         if (!b.kc[l] || !b.vc[l])
             goto done;
     }

@@ -102,6 +102,7 @@ struct dl_seq {
     int n_ctx;
     int len;                 /* tokens in the cache */
     dl_fp16 *k, *v;          /* dense cache [n_layer][n_kv][n_ctx][head_dim], or NULL */
+    void *kraw, *vraw;       /* their allocations (k, v: 64-byte aligned inside) */
     dl_delta_cache *delta;   /* DeltaLLM cache when enabled */
     dl_delta_params dp;
 };
@@ -641,8 +642,12 @@ dl_seq *dl_seq_create(const dl_model *m, int n_ctx, const dl_delta_params *delta
     /* calloc of this size is served by fresh zero pages: memory becomes resident only as
      * positions are written, which is what dl_seq_bytes reports. */
     size_t n = (size_t)hp->n_layer * hp->n_head_kv * (size_t)n_ctx * hp->head_dim;
-    s->k = calloc(n, sizeof(dl_fp16));
-    s->v = calloc(n, sizeof(dl_fp16));
+    /* 64 bytes more, to start the rows on a cache line (calloc's large blocks begin 16
+     * bytes into a page, so each 128-byte key row of a 64-dim head would span 3 lines) */
+    s->kraw = calloc(n * sizeof(dl_fp16) + 64, 1);
+    s->vraw = calloc(n * sizeof(dl_fp16) + 64, 1);
+    s->k = s->kraw ? (dl_fp16 *)(((uintptr_t)s->kraw + 63) & ~(uintptr_t)63) : NULL;
+    s->v = s->vraw ? (dl_fp16 *)(((uintptr_t)s->vraw + 63) & ~(uintptr_t)63) : NULL;
     if (!s->k || !s->v) {
         set_err(err, errlen, "sequence: out of memory for a %d-token cache", n_ctx);
         dl_seq_free(s);
@@ -655,8 +660,8 @@ void dl_seq_free(dl_seq *s)
 {
     if (!s)
         return;
-    free(s->k);
-    free(s->v);
+    free(s->kraw);
+    free(s->vraw);
     dl_delta_cache_free(s->delta);
     free(s);
 }
