@@ -944,20 +944,17 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
 
 #define DL__WROWS 128/* largest unit row stride the fused prefill kernel takes */
 
-/* R[16 j0 .. 16 (j0 + NV)) += Σ_i val[i] * Qt[off[i] + .], i in [i0, i1). */
-AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, int i1,
-                   float *R, int j0, const int NV)
+/* A[x] and B[x] (x < NV) += val[i] * q[off[i] + 16 x] for the stored values i in [i0, i1),
+ * alternating between the two sets so that a value's FMAs do not wait on the previous
+ * value's. */
+AI void addvals(const float *q, const int32_t *off, const float *val, int i0, int i1,
+                __m512 *A, __m512 *B, const int NV)
 {
-    __m512 A[4], B[4];
-    #pragma GCC unroll 16
-    for (int x = 0; x < NV; x++)
-        A[x] = B[x] = _mm512_setzero_ps();
-    const float *q = Qt + 16 * j0;
     int i = i0;
     for (; i + 2 <= i1; i += 2) {
         __m512 b0 = _mm512_set1_ps(val[i]), b1 = _mm512_set1_ps(val[i + 1]);
         const float *q0 = q + off[i], *q1 = q + off[i + 1];
-        #pragma GCC unroll 16
+        #pragma GCC unroll 8
         for (int x = 0; x < NV; x++) {
             A[x] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(q0 + 16 * x), A[x]);
             B[x] = _mm512_fmadd_ps(b1, _mm512_loadu_ps(q1 + 16 * x), B[x]);
@@ -966,10 +963,21 @@ AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, in
     if (i < i1) {
         __m512 b0 = _mm512_set1_ps(val[i]);
         const float *q0 = q + off[i];
-        #pragma GCC unroll 16
+        #pragma GCC unroll 8
         for (int x = 0; x < NV; x++)
             A[x] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(q0 + 16 * x), A[x]);
     }
+}
+
+/* R[16 j0 .. 16 (j0 + NV)) += Σ_i val[i] * Qt[off[i] + .], i in [i0, i1). */
+AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, int i1,
+                   float *R, int j0, const int NV)
+{
+    __m512 A[4], B[4];
+    #pragma GCC unroll 16
+    for (int x = 0; x < NV; x++)
+        A[x] = B[x] = _mm512_setzero_ps();
+    addvals(Qt + 16 * j0, off, val, i0, i1, A, B, NV);
     #pragma GCC unroll 16
     for (int x = 0; x < NV; x++)
         _mm512_storeu_ps(R + 16 * (j0 + x), _mm512_add_ps(_mm512_loadu_ps(R + 16 * (j0 + x)),
@@ -983,32 +991,14 @@ AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, in
 AI void wrun(const float *Qt, const int32_t *off, const float *val, const int *kst, int j0,
              int j1, float *R, float *sb, int rs, const int NV)
 {
-    /* two sets of sums, alternate values: a value's FMAs do not wait on the previous
-     * value's (A + B is each key's score row and the running sum carried on) */
-    __m512 A[8], B[8];
+    __m512 A[8], B[8]; /* A + B is each key's score row and the running sum carried on */
     #pragma GCC unroll 8
     for (int x = 0; x < NV; x++) {
         A[x] = _mm512_loadu_ps(R + 16 * x);
         B[x] = _mm512_setzero_ps();
     }
     for (int j = j0; j < j1; j++) {
-        int i = kst[j], i1 = kst[j + 1];
-        for (; i + 2 <= i1; i += 2) {
-            __m512 b0 = _mm512_set1_ps(val[i]), b1 = _mm512_set1_ps(val[i + 1]);
-            const float *q0 = Qt + off[i], *q1 = Qt + off[i + 1];
-            #pragma GCC unroll 8
-            for (int x = 0; x < NV; x++) {
-                A[x] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(q0 + 16 * x), A[x]);
-                B[x] = _mm512_fmadd_ps(b1, _mm512_loadu_ps(q1 + 16 * x), B[x]);
-            }
-        }
-        if (i < i1) {
-            __m512 b0 = _mm512_set1_ps(val[i]);
-            const float *q0 = Qt + off[i];
-            #pragma GCC unroll 8
-            for (int x = 0; x < NV; x++)
-                A[x] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(q0 + 16 * x), A[x]);
-        }
+        addvals(Qt, off, val, kst[j], kst[j + 1], A, B, NV);
         #pragma GCC unroll 8
         for (int x = 0; x < NV; x++)
             _mm512_store_ps(sb + (size_t)j * rs + 16 * x, _mm512_add_ps(A[x], B[x]));
