@@ -1098,6 +1098,49 @@ static void block_tile(const dl__dkeys *k, int b, float *tile)
         block_tile_v(k->h, k->d, b, tile, 2);
 }
 
+/* One key's row of a decoded block (tile row, fp32, zeros where nothing is stored) as
+ * (offset, value) pairs at off / val; returns how many. Writes up to 16 past them. */
+AI int row_pairs(const float *row, int d, int rs, __m512i iota, int32_t *off, float *val)
+{
+    int pos = 0;
+    for (int c = 0; c < d; c += 16) {
+        __m512 x = _mm512_load_ps(row + c);
+        __mmask16 bits = _mm512_cmpneq_ps_mask(x, _mm512_setzero_ps());
+        if (!bits)
+            continue;
+        _mm512_storeu_ps(val + pos, _mm512_maskz_compress_ps(bits, x));
+        _mm512_storeu_si512(off + pos, _mm512_maskz_compress_epi32(
+            bits, _mm512_add_epi32(iota, _mm512_set1_epi32(c * rs))));
+        pos += __builtin_popcount(bits);
+    }
+    return pos;
+}
+
+static __m512i row_iota(int rs)
+{
+    return _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                              _mm512_set1_epi32(rs));
+}
+
+static void predecode_avx512(const dl__dhead *h, int d, int rs, int nblk, int32_t base,
+                             int32_t *kst, int32_t *off, float *val)
+{
+    float tile[DL__DBLK * DL__GDMAX] __attribute__((aligned(64)));
+    __m512i iota = row_iota(rs);
+    int32_t pos = base;
+    for (int b = 0; b < nblk; b++) {
+        if (h->vb == 1)
+            block_tile_v(h, d, b, tile, 1);
+        else
+            block_tile_v(h, d, b, tile, 2);
+        for (int j = 0; j < DL__DBLK; j++) {
+            kst[b * DL__DBLK + j] = pos;
+            pos += row_pairs(tile + (size_t)j * d, d, rs, iota, off + pos, val + pos);
+        }
+    }
+    kst[nblk * DL__DBLK] = pos;
+}
+
 static void attend_wide_avx512(const dl__dunit *u, int dense)
 {
     const dl__dkeys *k = u->k;
@@ -1125,14 +1168,20 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
     for (int r = 0; r < n4; r++)
         for (int e = 0; e < d; e += 16)
             _mm512_storeu_ps(u->acc + (size_t)r * d + e, _mm512_setzero_ps());
-    const __m512i iota = _mm512_mullo_epi32(
-        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-        _mm512_set1_epi32(rs));
+    const __m512i iota = row_iota(rs);
     uint64_t score_ns = 0;
     for (int t0 = 0; t0 <= tend; t0 += DL__GBK) {
         int nb = tend + 1 - t0 < DL__GBK ? tend + 1 - t0 : DL__GBK;
         uint64_t ts = dl__delta_timing ? dl__delta_now_ns() : 0;
-        /* row ranges per key, and the block's packed deltas decoded */
+        /* row ranges per key, and the block's packed deltas: decoded once for the call
+         * where the block lies in completed blocks, else here */
+        const int32_t *offp = off;
+        const float *valp = val;
+        int pre = !dense && u->pkst && t0 + nb <= k->nfull * DL__DBLK;
+        if (pre) {
+            offp = u->poff + u->pkst[t0];
+            valp = u->pval + u->pkst[t0];
+        }
         int pos = 0;
         for (int j = 0; j < nb; j++) {
             int t = t0 + j;
@@ -1143,23 +1192,17 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
                     rc++;
             rfa[j] = rf;
             rca[j] = rc;
+            if (pre) {
+                kst[j] = u->pkst[t] - u->pkst[t0];
+                continue;
+            }
             kst[j] = pos;
             if (rf < rows && t / DL__DBLK < k->nfull) { /* element-major block */
                 if (tile_b != t / DL__DBLK) {
                     tile_b = t / DL__DBLK;
                     block_tile(k, tile_b, tile);
                 }
-                const float *row = tile + (size_t)(t % DL__DBLK) * d;
-                for (int c = 0; c < d; c += 16) {
-                    __m512 x = _mm512_load_ps(row + c);
-                    __mmask16 bits = _mm512_cmpneq_ps_mask(x, _mm512_setzero_ps());
-                    if (!bits)
-                        continue;
-                    _mm512_storeu_ps(val + pos, _mm512_maskz_compress_ps(bits, x));
-                    _mm512_storeu_si512(off + pos, _mm512_maskz_compress_epi32(
-                        bits, _mm512_add_epi32(iota, _mm512_set1_epi32(c * rs))));
-                    pos += __builtin_popcount(bits);
-                }
+                pos += row_pairs(tile + (size_t)(t % DL__DBLK) * d, d, rs, iota, off + pos, val + pos);
             } else if (rf < rows) { /* the open block, rows as stored */
                 const uint8_t *m;
                 const dl_fp16 *vt = dl__krow(&cur, k, t, &m);
@@ -1177,21 +1220,21 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
                 }
             }
         }
-        kst[nb] = pos;
+        kst[nb] = pre ? u->pkst[t0 + nb] - u->pkst[t0] : pos;
         /* scores of the block: first the keys that are delta for every row (the bulk of a
          * long prefill), with the running sums in registers */
         int jd = 0;
         while (jd < nb && rfa[jd] == 0 && t0 + jd >= k->sink)
             jd++;
         switch (jd ? nvr : 0) {
-        case 8: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 8); break;
-        case 7: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 7); break;
-        case 6: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 6); break;
-        case 5: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 5); break;
-        case 4: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 4); break;
-        case 3: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 3); break;
-        case 2: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 2); break;
-        case 1: wrun(u->Qt, off, val, kst, 0, jd, u->r, sb, rs, 1); break;
+        case 8: wrun(u->Qt, offp, valp, kst, 0, jd, u->r, sb, rs, 8); break;
+        case 7: wrun(u->Qt, offp, valp, kst, 0, jd, u->r, sb, rs, 7); break;
+        case 6: wrun(u->Qt, offp, valp, kst, 0, jd, u->r, sb, rs, 6); break;
+        case 5: wrun(u->Qt, offp, valp, kst, 0, jd, u->r, sb, rs, 5); break;
+        case 4: wrun(u->Qt, offp, valp, kst, 0, jd, u->r, sb, rs, 4); break;
+        case 3: wrun(u->Qt, offp, valp, kst, 0, jd, u->r, sb, rs, 3); break;
+        case 2: wrun(u->Qt, offp, valp, kst, 0, jd, u->r, sb, rs, 2); break;
+        case 1: wrun(u->Qt, offp, valp, kst, 0, jd, u->r, sb, rs, 1); break;
         default: break;
         }
         for (int j = jd; j < nb; j++) {
@@ -1200,11 +1243,11 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
             if (jrf < rows) {
                 int j0 = jrf / 16;
                 for (; j0 + 4 <= nvr; j0 += 4)
-                    wsweep(u->Qt, off, val, kst[j], kst[j + 1], u->r, j0, 4);
+                    wsweep(u->Qt, offp, valp, kst[j], kst[j + 1], u->r, j0, 4);
                 switch (nvr - j0) {
-                case 3: wsweep(u->Qt, off, val, kst[j], kst[j + 1], u->r, j0, 3); break;
-                case 2: wsweep(u->Qt, off, val, kst[j], kst[j + 1], u->r, j0, 2); break;
-                case 1: wsweep(u->Qt, off, val, kst[j], kst[j + 1], u->r, j0, 1); break;
+                case 3: wsweep(u->Qt, offp, valp, kst[j], kst[j + 1], u->r, j0, 3); break;
+                case 2: wsweep(u->Qt, offp, valp, kst[j], kst[j + 1], u->r, j0, 2); break;
+                case 1: wsweep(u->Qt, offp, valp, kst[j], kst[j + 1], u->r, j0, 1); break;
                 default: break;
                 }
             }
@@ -1363,4 +1406,5 @@ const dl__dops dl__dops_avx512 = {
     .wide_max_d = DL__GDMAX,
     .sim_zeros = sim_zeros_avx512,
     .encode8 = encode8_avx512,
+    .predecode = predecode_avx512,
 };

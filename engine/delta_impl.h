@@ -196,6 +196,10 @@ typedef struct dl__dunit {
     const float *Qt, *Q;
     const int32_t *lo, *hi;
     float *st, *r, *aux, *acc;
+    /* The head's completed blocks decoded once for the whole call (dl__dops.predecode),
+     * or NULL: key t's stored values are poff/pval[pkst[t] .. pkst[t + 1]). */
+    const int32_t *pkst, *poff;
+    const float *pval;
 } dl__dunit;
 
 /* The per-ISA kernels. scores fills u->st for all t <= hi[rows-1] (causally masked
@@ -224,6 +228,12 @@ typedef struct dl__dops {
      * advanced. Returns the values stored. NULL: the scalar loop. */
     int (*encode8)(const float *k, int d, float *r, const float *w, float theta,
                    uint8_t *mask, dl_fp16 *val);
+    /* For the fused prefill kernel: completed blocks 0 .. nblk-1 of a head decoded into
+     * (offset e * rs + lane of Q^T, fp32 value) pairs, key by key: key t's are at
+     * [kst[t], kst[t + 1]) (kst[0] = base). off / val need room for the head's stored
+     * values + 16. NULL: each unit decodes the blocks itself. */
+    void (*predecode)(const dl__dhead *h, int d, int rs, int nblk, int32_t base,
+                      int32_t *kst, int32_t *off, float *val);
 } dl__dops;
 
 #define DL__GROUP_ROWS 16
