@@ -6,7 +6,9 @@
  *      the fp32 reference, which is advanced by the *stored* fp16 value), store V (fp16);
  *   3. attention, split into units (KV head x tile of queries) run on the pool. A unit
  *      sweeps keys t = 0, 1, ... once: for every row (query, head) it either takes the
- *      exact score q.k_t or, below the row's boundary lo, the running sum R += q.Δk_t;
+ *      exact score q.k_t or, below the row's boundary lo, the running sum R += q.Δk_t
+ *      (in a prefill with the fused kernel, each head's completed blocks are first
+ *      decoded once for all its units: predecode_call);
  *   4. copy the new exact keys into the ring (after attention: the ring still has to
  *      serve the keys of earlier calls while step 3 runs);
  *   5. statistics, derived from lo and the stream offsets (not counted in the kernels).
