@@ -10,6 +10,7 @@
  */
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 #include <pthread.h>
 
 #include "delta_impl.h"
@@ -595,7 +596,7 @@ AI void wsweep8(const float *Qt, const int32_t *off, const float *val, int n, fl
 /* Keys 0 .. j1-1 of a block whose scores are delta for every row: the running sums of the
  * row vectors g0 .. g0+NV-1 stay in registers across the keys (one broadcast and NV
  * multiply-adds per stored value) and are written out as each key's score row. */
-AI void wrun8(const float *Qt, const int32_t *off, const float *val, const int *cnt, int d,
+AI void wrun8(const float *Qt, const int32_t *const *ko, const float *const *kv, const int *cnt,
               int j1, float *R, float *sb, int rs, int g0, const int NV)
 {
     __m256 A[8];
@@ -604,8 +605,8 @@ AI void wrun8(const float *Qt, const int32_t *off, const float *val, const int *
         A[x] = _mm256_loadu_ps(R + 8 * (g0 + x));
     const float *q = Qt + 8 * g0;
     for (int j = 0; j < j1; j++) {
-        const int32_t *o = off + (size_t)j * d;
-        const float *v = val + (size_t)j * d;
+        const int32_t *o = ko[j];
+        const float *v = kv[j];
         for (int i = 0; i < cnt[j]; i++) {
             __m256 b = _mm256_broadcast_ss(v + i);
             const float *qq = q + o[i];
@@ -724,6 +725,29 @@ static void wdecode_block(const dl__dhead *h, int d, int rs, int b, int slot0, f
         cnt[slot0 + j] = n[j];
 }
 
+/* Completed blocks 0 .. nblk-1 decoded key by key into contiguous (offset, value) lists
+ * (dl__dops.predecode): each block as wdecode_block lays it out, then copied. */
+static void predecode_avx2(const dl__dhead *h, int d, int rs, int nblk, int32_t base,
+                           int32_t *kst, int32_t *off, float *val)
+{
+    pthread_once(&g_xtab_once, xtab_init);
+    float vbuf[DL__DBLK * DL__GDMAX + 16] __attribute__((aligned(32)));
+    float bval[DL__DBLK * DL__GDMAX] __attribute__((aligned(32)));
+    int32_t boff[DL__DBLK * DL__GDMAX] __attribute__((aligned(32)));
+    int cnt[DL__DBLK];
+    int32_t pos = base;
+    for (int b = 0; b < nblk; b++) {
+        wdecode_block(h, d, rs, b, 0, vbuf, boff, bval, cnt);
+        for (int j = 0; j < DL__DBLK; j++) {
+            kst[b * DL__DBLK + j] = pos;
+            memcpy(off + pos, boff + (size_t)j * d, (size_t)cnt[j] * sizeof *off);
+            memcpy(val + pos, bval + (size_t)j * d, (size_t)cnt[j] * sizeof *val);
+            pos += cnt[j];
+        }
+    }
+    kst[nblk * DL__DBLK] = pos;
+}
+
 static void attend_wide_avx2(const dl__dunit *u, int dense)
 {
     pthread_once(&g_xtab_once, xtab_init);
@@ -736,6 +760,8 @@ static void attend_wide_avx2(const dl__dunit *u, int dense)
     int32_t off[DL__WBK * DL__GDMAX] __attribute__((aligned(32)));
     float vbuf[DL__DBLK * DL__GDMAX + 16] __attribute__((aligned(32)));
     int cnt[DL__WBK], rfa[DL__WBK], rca[DL__WBK];
+    const int32_t *ko[DL__WBK]; /* key j's stored values: ko[j] / kv[j], cnt[j] of them */
+    const float *kv[DL__WBK];
     float mx[DL__WROWS] __attribute__((aligned(32)));
     float sum[DL__WROWS] __attribute__((aligned(32)));
     float corr[DL__WROWS] __attribute__((aligned(32)));
@@ -756,7 +782,9 @@ static void attend_wide_avx2(const dl__dunit *u, int dense)
     for (int t0 = 0; t0 <= tend; t0 += DL__WBK) {
         int nb = tend + 1 - t0 < DL__WBK ? tend + 1 - t0 : DL__WBK;
         uint64_t ts = dl__delta_timing ? dl__delta_now_ns() : 0;
-        /* row ranges per key, and the deltas of keys that some row scores from k̂ */
+        /* row ranges per key, and the deltas of keys that some row scores from k̂: decoded
+         * once for the call where the block lies in completed blocks, else here */
+        int pre = !dense && u->pkst && t0 + nb <= k->nfull * DL__DBLK;
         for (int j = 0; j < nb; j++) {
             int t = t0 + j, b = t / DL__DBLK;
             if (!dense)
@@ -766,6 +794,14 @@ static void attend_wide_avx2(const dl__dunit *u, int dense)
                     rc++;
             rfa[j] = rf;
             rca[j] = rc;
+            if (pre) {
+                ko[j] = u->poff + u->pkst[t];
+                kv[j] = u->pval + u->pkst[t];
+                cnt[j] = u->pkst[t + 1] - u->pkst[t];
+                continue;
+            }
+            ko[j] = off + (size_t)j * d;
+            kv[j] = val + (size_t)j * d;
             if (rf >= rows)
                 continue;
             if (b < k->nfull) { /* element-major block: all 16 positions at once */
@@ -792,14 +828,14 @@ static void attend_wide_avx2(const dl__dunit *u, int dense)
             jd++;
         for (int g0 = 0; jd && g0 < nvr; g0 += 8)
             switch (nvr - g0 < 8 ? nvr - g0 : 8) {
-            case 8: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 8); break;
-            case 7: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 7); break;
-            case 6: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 6); break;
-            case 5: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 5); break;
-            case 4: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 4); break;
-            case 3: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 3); break;
-            case 2: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 2); break;
-            default: wrun8(u->Qt, off, val, cnt, d, jd, u->r, sb, rs, g0, 1); break;
+            case 8: wrun8(u->Qt, ko, kv, cnt, jd, u->r, sb, rs, g0, 8); break;
+            case 7: wrun8(u->Qt, ko, kv, cnt, jd, u->r, sb, rs, g0, 7); break;
+            case 6: wrun8(u->Qt, ko, kv, cnt, jd, u->r, sb, rs, g0, 6); break;
+            case 5: wrun8(u->Qt, ko, kv, cnt, jd, u->r, sb, rs, g0, 5); break;
+            case 4: wrun8(u->Qt, ko, kv, cnt, jd, u->r, sb, rs, g0, 4); break;
+            case 3: wrun8(u->Qt, ko, kv, cnt, jd, u->r, sb, rs, g0, 3); break;
+            case 2: wrun8(u->Qt, ko, kv, cnt, jd, u->r, sb, rs, g0, 2); break;
+            default: wrun8(u->Qt, ko, kv, cnt, jd, u->r, sb, rs, g0, 1); break;
             }
         for (int j = 0; j < jd; j++)
             wfill_rows(sb + (size_t)j * rs, NULL, -INFINITY, rows, 8 * nvr); /* padding: p = 0 */
@@ -807,8 +843,8 @@ static void attend_wide_avx2(const dl__dunit *u, int dense)
             int t = t0 + j, jrf = rfa[j], jrc = rca[j];
             float *s = sb + (size_t)j * rs;
             if (jrf < rows) { /* the running sums take the deltas of sink keys too */
-                const int32_t *o = off + (size_t)j * d;
-                const float *v = val + (size_t)j * d;
+                const int32_t *o = ko[j];
+                const float *v = kv[j];
                 int j0 = jrf / 8;
                 for (; j0 + 4 <= nvr; j0 += 4)
                     wsweep8(u->Qt, o, v, cnt[j], u->r, j0, 4);
@@ -960,4 +996,5 @@ const dl__dops dl__dops_avx2 = {
     .wide_max_d = DL__GDMAX,
     .sim_zeros = sim_zeros_avx2,
     .encode8 = encode8_avx2,
+    .predecode = predecode_avx2,
 };
