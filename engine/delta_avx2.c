@@ -382,31 +382,31 @@ static void exact_scores(const dl__dkeys *k, int dense, const float *const *q, i
 AI void spv4(float *const *acc, const float *corr, const float *const *p, const dl_fp16 *v,
              int d, int n, int e0, const int NVD)
 {
-    __m256 a[4][2];
+    __m256 a[4][3];
     #pragma GCC unroll 4
     for (int i = 0; i < 4; i++) {
         __m256 vc = _mm256_set1_ps(corr[i]);
-        #pragma GCC unroll 2
+        #pragma GCC unroll 3
         for (int c = 0; c < NVD; c++)
             a[i][c] = _mm256_mul_ps(_mm256_loadu_ps(acc[i] + e0 + 8 * c), vc);
     }
     const dl_fp16 *vt = v + e0;
     for (int t = 0; t < n; t++, vt += d) {
-        __m256 x[2];
-        #pragma GCC unroll 2
+        __m256 x[3];
+        #pragma GCC unroll 3
         for (int c = 0; c < NVD; c++)
             x[c] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vt + 8 * c)));
         #pragma GCC unroll 4
         for (int i = 0; i < 4; i++) {
             __m256 pr = _mm256_broadcast_ss(p[i] + t);
-            #pragma GCC unroll 2
+            #pragma GCC unroll 3
             for (int c = 0; c < NVD; c++)
                 a[i][c] = _mm256_fmadd_ps(pr, x[c], a[i][c]);
         }
     }
     #pragma GCC unroll 4
     for (int i = 0; i < 4; i++)
-        #pragma GCC unroll 2
+        #pragma GCC unroll 3
         for (int c = 0; c < NVD; c++)
             _mm256_storeu_ps(acc[i] + e0 + 8 * c, a[i][c]);
 }
@@ -518,9 +518,11 @@ static void attend_group_avx2(const dl__dunit *u, int dense)
         const dl_fp16 *vc = h->v + (size_t)c0 * d;
         for (int g = 0; g < n4; g += 4) {
             int e0 = 0;
-            for (; e0 + 16 <= d; e0 += 16)
+            for (; e0 + 24 <= d; e0 += 24)
+                spv4(acc + g, corr + g, p + g, vc, d, n, e0, 3);
+            if (d - e0 == 16)
                 spv4(acc + g, corr + g, p + g, vc, d, n, e0, 2);
-            if (e0 < d)
+            else if (d - e0 == 8)
                 spv4(acc + g, corr + g, p + g, vc, d, n, e0, 1);
         }
     }
