@@ -1090,12 +1090,12 @@ AI void block_tile_v(const dl__dhead *h, int d, int b, float *tile, const int VB
     }
 }
 
-static void block_tile(const dl__dkeys *k, int b, float *tile)
+static void block_tile(const dl__dhead *h, int d, int b, float *tile)
 {
-    if (k->h->vb == 1)
-        block_tile_v(k->h, k->d, b, tile, 1);
+    if (h->vb == 1)
+        block_tile_v(h, d, b, tile, 1);
     else
-        block_tile_v(k->h, k->d, b, tile, 2);
+        block_tile_v(h, d, b, tile, 2);
 }
 
 /* One key's row of a decoded block (tile row, fp32, zeros where nothing is stored) as
@@ -1129,10 +1129,7 @@ static void predecode_avx512(const dl__dhead *h, int d, int rs, int nblk, int32_
     __m512i iota = row_iota(rs);
     int32_t pos = base;
     for (int b = 0; b < nblk; b++) {
-        if (h->vb == 1)
-            block_tile_v(h, d, b, tile, 1);
-        else
-            block_tile_v(h, d, b, tile, 2);
+        block_tile(h, d, b, tile);
         for (int j = 0; j < DL__DBLK; j++) {
             kst[b * DL__DBLK + j] = pos;
             pos += row_pairs(tile + (size_t)j * d, d, rs, iota, off + pos, val + pos);
@@ -1200,7 +1197,7 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
             if (rf < rows && t / DL__DBLK < k->nfull) { /* element-major block */
                 if (tile_b != t / DL__DBLK) {
                     tile_b = t / DL__DBLK;
-                    block_tile(k, tile_b, tile);
+                    block_tile(k->h, d, tile_b, tile);
                 }
                 pos += row_pairs(tile + (size_t)(t % DL__DBLK) * d, d, rs, iota, off + pos, val + pos);
             } else if (rf < rows) { /* the open block, rows as stored */
@@ -1340,12 +1337,23 @@ AI __m512 e4m3_round16(__m512 delta)
                                                _mm512_andnot_si512(absm, _mm512_castps_si512(delta))));
 }
 
+/* One 16-element step of the 8-bit closed-loop encoder (delta.c's encode_head): the
+ * elements with |k - r| * w > theta are stored; returns them, and in *rv the E4M3-rounded
+ * deltas (the reference advances by rv where stored). */
+AI __mmask16 enc_step16(__m512 k, __m512 r, __m512 w, __m512 th, __m512 *rv)
+{
+    __m512 delta = _mm512_sub_ps(k, r);
+    __m512 ad = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(delta),
+                                                     _mm512_set1_epi32(0x7fffffff)));
+    *rv = e4m3_round16(delta);
+    return _mm512_cmp_ps_mask(_mm512_mul_ps(ad, w), th, _CMP_GT_OQ);
+}
+
 /* Up to 4 vectors of channels per pass so that their dependency chains (each position's
  * reference depends on the previous one) overlap. */
 static uint64_t sim_zeros_avx512(const float *k, size_t ks, int n, int d, float *r,
                                  const float *w, float theta)
 {
-    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
     __m512 th = _mm512_set1_ps(theta);
     uint64_t kept = 0;
     for (int c0 = 0; c0 < d; c0 += 64) {
@@ -1358,10 +1366,9 @@ static uint64_t sim_zeros_avx512(const float *k, size_t ks, int n, int d, float 
         for (int a = 0; a < n; a++) {
             const float *kt = k + (size_t)a * ks + c0;
             for (int j = 0; j < nv; j++) {
-                __m512 delta = _mm512_sub_ps(_mm512_loadu_ps(kt + 16 * j), rr[j]);
-                __m512 ad = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(delta), absm));
-                __mmask16 keep = _mm512_cmp_ps_mask(_mm512_mul_ps(ad, ww[j]), th, _CMP_GT_OQ);
-                rr[j] = _mm512_mask_add_ps(rr[j], keep, rr[j], e4m3_round16(delta));
+                __m512 rv;
+                __mmask16 keep = enc_step16(_mm512_loadu_ps(kt + 16 * j), rr[j], ww[j], th, &rv);
+                rr[j] = _mm512_mask_add_ps(rr[j], keep, rr[j], rv);
                 kept += (uint64_t)__builtin_popcount(keep);
             }
         }
@@ -1374,15 +1381,11 @@ static uint64_t sim_zeros_avx512(const float *k, size_t ks, int n, int d, float 
 static int encode8_avx512(const float *k, int d, float *r, const float *w, float theta,
                           uint8_t *mask, dl_fp16 *val)
 {
-    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
     __m512 th = _mm512_set1_ps(theta);
     int n = 0;
     for (int c = 0; c < d; c += 16) {
-        __m512 rr = _mm512_loadu_ps(r + c);
-        __m512 delta = _mm512_sub_ps(_mm512_loadu_ps(k + c), rr);
-        __m512 ad = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(delta), absm));
-        __mmask16 keep = _mm512_cmp_ps_mask(_mm512_mul_ps(ad, _mm512_loadu_ps(w + c)), th, _CMP_GT_OQ);
-        __m512 rv = e4m3_round16(delta);
+        __m512 rr = _mm512_loadu_ps(r + c), rv;
+        __mmask16 keep = enc_step16(_mm512_loadu_ps(k + c), rr, _mm512_loadu_ps(w + c), th, &rv);
         _mm512_storeu_ps(r + c, _mm512_mask_add_ps(rr, keep, rr, rv));
         /* E4M3 values are exact in fp16; packed to the front under the mask */
         __m512i h = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(rv, _MM_FROUND_TO_NEAREST_INT));
