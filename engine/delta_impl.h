@@ -94,6 +94,23 @@ static inline dl_fp16 dl__e4m3_to_fp16(uint8_t b)
     return (dl_fp16)(s | (p + 6) << 10 | ((m << (10 - p)) & 0x3FF));
 }
 
+/* The same stored 8-bit delta as a float: the same value as
+ * dl_fp16_to_f32(dl__e4m3_to_fp16(b)) without a branch on the data (random signs and
+ * exponents mispredict): (8 + m) 2^(e - 10) for e > 0, m 2^-9 for e = 0. */
+static inline float dl__e4m3_to_f32(uint8_t b)
+{
+    unsigned e = (b >> 3) & 15u, m = b & 7u;
+    unsigned mant = m | (unsigned)(e != 0) << 3, ex = e + 117u + (e == 0); /* 127 + e - 10 */
+    uint32_t sb = ex << 23, ab;
+    float scale, a;
+    __builtin_memcpy(&scale, &sb, 4);
+    a = (float)mant * scale;
+    __builtin_memcpy(&ab, &a, 4);
+    ab |= (uint32_t)(b & 0x80) << 24;
+    __builtin_memcpy(&a, &ab, 4);
+    return a;
+}
+
 /* Completed block b back to rows: mrow [16][mb] masks, vrow the values row after row.
  * Returns the number of values. */
 static inline int dl__dblock_rows(const dl__dhead *h, int d, int mb, int b, uint8_t *mrow,

@@ -568,6 +568,7 @@ START_TEST(test_truncate)
     dp.theta = 0.12f;
     dp.window = 6;
     dp.sink = 1;
+    dp.value_bits = _i ? 16 : 8; /* both value widths of the stream */
     char err[128];
     float *o1 = malloc((size_t)nh * d * sizeof(float)), *o2 = malloc((size_t)nh * d * sizeof(float));
     dl_delta_cache *a = dl_delta_cache_create(L, n_kv, d, 120, &dp, err, sizeof err);
@@ -600,9 +601,16 @@ START_TEST(test_truncate)
             ck_assert_int_eq(dl_delta_attention(b, NULL, NULL, l, nh, pq(&p, l, t), pk(&p, l, t), pv(&p, l, t), 1, 0, o2), 0);
             ck_assert_mem_eq(o1, o2, (size_t)nh * d * sizeof(float));
         }
-    /* a deep truncate (past the ring's slack) still rebuilds the reference exactly */
-    ck_assert_int_eq(dl_delta_cache_truncate(a, 5), 0);
+    /* a deep truncate (past the ring's slack) still rebuilds the reference exactly: to
+     * 50 (three completed blocks summed element-major, the rest read as rows), then to 5 */
     float sum[64];
+    ck_assert_int_eq(dl_delta_cache_truncate(a, 50), 0);
+    for (int l = 0; l < L; l++)
+        for (int g = 0; g < n_kv; g++) {
+            sum_deltas(dl__delta_head(a, l, g), d, 50, sum);
+            ck_assert_mem_eq(sum, dl__delta_head(a, l, g)->ref, sizeof sum);
+        }
+    ck_assert_int_eq(dl_delta_cache_truncate(a, 5), 0);
     for (int g = 0; g < n_kv; g++) {
         sum_deltas(dl__delta_head(a, 1, g), d, 5, sum);
         ck_assert_mem_eq(sum, dl__delta_head(a, 1, g)->ref, sizeof sum);
@@ -857,6 +865,20 @@ START_TEST(test_score_change)
         free(out);
         dl_delta_cache_free(c);
         prob_free(&p);
+    }
+}
+END_TEST
+
+/* Every 8-bit stored delta widens to the format's value (sign, (8 + m) 2^(e - 10) or, for
+ * e = 0, m 2^-9), bit for bit the same by both scalar routes the cache uses. */
+START_TEST(test_e4m3_widen)
+{
+    for (int b = 0; b < 256; b++) {
+        int e = (b >> 3) & 15, m = b & 7;
+        float want = (float)ldexp(e ? 8 + m : m, e ? e - 10 : -9) * (b & 0x80 ? -1.0f : 1.0f);
+        float a = dl__e4m3_to_f32((uint8_t)b), h = dl_fp16_to_f32(dl__e4m3_to_fp16((uint8_t)b));
+        ck_assert_mem_eq(&a, &want, sizeof a);
+        ck_assert_mem_eq(&h, &want, sizeof h);
     }
 }
 END_TEST
@@ -1214,7 +1236,8 @@ static Suite *delta_suite(void)
     tcase_add_test(tc, test_decode_shapes);
     tcase_add_test(tc, test_theta_zero_dense);
     tcase_add_test(tc, test_closed_loop);
-    tcase_add_test(tc, test_truncate);
+    tcase_add_loop_test(tc, test_truncate, 0, 2);
+    tcase_add_test(tc, test_e4m3_widen);
     tcase_add_test(tc, test_shared_scratch);
     tcase_add_test(tc, test_bytes_and_target);
     tcase_add_test(tc, test_theta_same_on_every_isa);
