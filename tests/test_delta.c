@@ -602,7 +602,7 @@ START_TEST(test_truncate)
             ck_assert_mem_eq(o1, o2, (size_t)nh * d * sizeof(float));
         }
     /* a deep truncate (past the ring's slack) still rebuilds the reference exactly: to
-     * 50 (three completed blocks summed element-major, the rest read as rows), then to 5 */
+     * 50 (two completed blocks summed element-major, the rest read as rows), then to 5 */
     float sum[64];
     ck_assert_int_eq(dl_delta_cache_truncate(a, 50), 0);
     for (int l = 0; l < L; l++)
