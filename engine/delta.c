@@ -442,19 +442,17 @@ static inline int pop16(unsigned x)
  * each element in position order as the encoder did, so that it comes out bit-identical
  * to the state the encoder had at position n. Also rewrites the ring slots of positions
  * in [n - ring_cap, lost_from) from k̂ (their exact keys were overwritten).
- * Completed blocks wholly before both n and the ring slots to rewrite are summed straight
+ * Completed blocks wholly before n and before any ring slot to rewrite are summed straight
  * from their element-major values (each element's values are in position order there):
  * a few operations per stored value, where reading them back as rows cost a block
  * transposition and a bit test per element and position (a 2048-position head took
  * ~0.7 ms, so a 16-layer session ~90 ms to truncate). */
 static void rebuild_ref(const dl_delta_cache *c, dl__dhead *h, int n, int nfull, int lost_from)
 {
-    int d = c->d, ring0 = n - c->ring_cap < lost_from ? n - c->ring_cap : lost_from;
-    int bulk = (ring0 < n ? ring0 : n) / DL__DBLK; /* blocks summed element-major */
-    if (bulk > nfull)
-        bulk = nfull;
-    if (bulk < 0)
-        bulk = 0;
+    /* positions from `rows` on are read as rows: the first ring slot to rewrite, if any */
+    int d = c->d, r0 = n - c->ring_cap > 0 ? n - c->ring_cap : 0;
+    int rows = r0 < lost_from ? r0 : n;
+    int bulk = rows / DL__DBLK < nfull ? rows / DL__DBLK : nfull; /* blocks element-major */
     memset(h->ref, 0, (size_t)d * sizeof(float));
     const uint8_t *v = h->val;
     for (int b = 0; b < bulk; b++) {
