@@ -680,12 +680,12 @@ static uint64_t simulate_zeros(const dl_delta_cache *c, int layer, const float *
                                float theta, int g0, int g1)
 {
     int d = c->d, ks = c->n_kv * d;
+    const dl__dops *ops = dl__delta_ops(d);
     uint64_t zeros = 0;
     for (int g = g0; g < g1; g++) {
         float r[DL__DMAX];
         const float *w = c->qw + ((size_t)layer * c->n_kv + g) * d;
         memcpy(r, c->heads[layer * c->n_kv + g].ref, (size_t)d * sizeof(float));
-        const dl__dops *ops = dl__delta_ops(d);
         for (int a = 0; a < n; a++) {
             const float *kt = k + (size_t)a * ks + (size_t)g * d;
             if (c->vb == 1 && c->len + a > 0 && ops->sim_zeros) { /* the rest, vectorised */
