@@ -60,6 +60,23 @@ static inline size_t dl__pk_group_bytes(uint32_t type, int64_t cols)
     return dl__pk_scale_off(type, nb + (nb % 2)); /* = start of the pair after the last */
 }
 
+/* Packed Q4_K (dl_weight.packed, AVX-512 path): rows in groups of 16 as above; a group's
+ * cols / 256 super-blocks follow each other, DL__KP_BLOCK bytes each:
+ *   [0, 32)     fp16 d[16]        (row i at element i)
+ *   [32, 64)    fp16 dmin[16]
+ *   [64, 192)   uint8 sc[8][16]   the 6-bit sub-block scales, unpacked: sub-block j, row i
+ *   [192, 320)  uint8 mn[8][16]   the 6-bit sub-block mins, likewise
+ *   [320, 2368) quants: 64-byte piece 8c + k (c = 0..3, k = 0..7) whose dword i is row i's
+ *               qs[32c + 4k .. 32c + 4k + 3], as stored: low nibbles are columns 64c + 4k..,
+ *               sub-block 2c; high nibbles 64c + 32 + 4k.., sub-block 2c + 1.
+ * The scales are unpacked once at load (the row kernel decoded the 12-byte form per row and
+ * block), at 4 bytes more per row and super-block than the 144 of the original. */
+#define DL__KP_BLOCK 2368
+static inline size_t dl__kp_group_bytes(int64_t cols)
+{
+    return (size_t)(cols / 256) * DL__KP_BLOCK;
+}
+
 /* Packed F16 / BF16 (dl_weight.packed, AVX-512 path): rows in groups of 16, the last padded
  * with zero rows; group g starts at g * dl__ph_group_bytes(cols) and holds, for each column
  * c in order, the 16 rows' 16-bit values (row i at element i): 32 bytes per column. One

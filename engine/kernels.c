@@ -257,6 +257,8 @@ size_t dl_weight_prepared_bytes(const dl_weight *w)
         return (size_t)((w->rows + 15) / 16) * dl__ph_group_bytes(w->cols);
     if (w->type == DL_TYPE_I2_S)
         return w->cols % DL_QK_I2_S ? 0 : (size_t)((w->rows + 15) / 16) * dl__i2s_group_bytes(w->cols);
+    if (w->type == DL_TYPE_Q4_K)
+        return w->cols % 256 ? 0 : (size_t)((w->rows + 15) / 16) * dl__kp_group_bytes(w->cols);
     if ((w->type != DL_TYPE_Q4_0 && w->type != DL_TYPE_Q8_0) || w->cols % 32 != 0)
         return 0;
     return (size_t)((w->rows + 15) / 16) * dl__pk_group_bytes(w->type, w->cols);
@@ -296,6 +298,28 @@ static void dl__pack_group(const dl_weight *w, int64_t r0, uint8_t *dst)
     }
 }
 
+/* Q4_K: per super-block the 16 rows' d and dmin, their unpacked scales and mins, then the
+ * quants in 64-byte pieces of one dword per row (kern_impl.h). */
+static void dl__pack_group_q4k(const dl_weight *w, int64_t r0, uint8_t *dst)
+{
+    for (int i = 0; i < 16 && r0 + i < w->rows; i++) {
+        const dl_block_q4_K *row =
+            (const dl_block_q4_K *)((const uint8_t *)w->data + (size_t)(r0 + i) * w->row_bytes);
+        for (int64_t b = 0; b < w->cols / 256; b++) {
+            uint8_t *o = dst + (size_t)b * DL__KP_BLOCK, sc[8], mn[8];
+            memcpy(o + 2 * i, &row[b].d, 2);
+            memcpy(o + 32 + 2 * i, &row[b].dmin, 2);
+            dl_q4k_scales_unpack(row[b].scales, sc, mn);
+            for (int j = 0; j < 8; j++) {
+                o[64 + 16 * j + i] = sc[j];
+                o[192 + 16 * j + i] = mn[j];
+            }
+            for (int p = 0; p < 32; p++)
+                memcpy(o + 320 + 64 * p + 4 * i, row[b].qs + 4 * p, 4);
+        }
+    }
+}
+
 /* I2_S: each row's 32 code bytes per 128 columns go out as 8 dwords, 64 bytes apart. */
 static void dl__pack_group_i2s(const dl_weight *w, int64_t r0, uint8_t *dst)
 {
@@ -325,6 +349,10 @@ int dl_weight_prepare(dl_weight *w, void **owned, char *err, size_t errlen)
         size_t gb = dl__ph_group_bytes(w->cols);
         for (int64_t r = 0; r < w->rows; r += 16)
             dl__pack_group_h(w, r, (uint16_t *)(p + (size_t)(r / 16) * gb));
+    } else if (w->type == DL_TYPE_Q4_K) {
+        size_t gb = dl__kp_group_bytes(w->cols);
+        for (int64_t r = 0; r < w->rows; r += 16)
+            dl__pack_group_q4k(w, r, p + (size_t)(r / 16) * gb);
     } else if (w->type == DL_TYPE_I2_S) {
         size_t gb = dl__i2s_group_bytes(w->cols);
         for (int64_t r = 0; r < w->rows; r += 16)
@@ -342,7 +370,8 @@ int dl_weight_prepare(dl_weight *w, void **owned, char *err, size_t errlen)
 void dl_weight_get_row(const dl_weight *w, int64_t r, float *out)
 {
     if (!w->packed || (w->type != DL_TYPE_F16 && w->type != DL_TYPE_BF16 &&
-                       w->type != DL_TYPE_Q4_0 && w->type != DL_TYPE_Q8_0)) {
+                       w->type != DL_TYPE_Q4_0 && w->type != DL_TYPE_Q8_0 &&
+                       w->type != DL_TYPE_Q4_K)) {
         dl_dequantize_row(w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, out, w->cols);
         return;
     }
@@ -352,6 +381,25 @@ void dl_weight_get_row(const dl_weight *w, int64_t r, float *out)
         for (int64_t c = 0; c < w->cols; c++) {
             uint16_t h = g[(size_t)c * 16 + (size_t)i];
             out[c] = w->type == DL_TYPE_F16 ? dl_fp16_to_f32(h) : dl_bf16_to_f32(h);
+        }
+        return;
+    }
+    if (w->type == DL_TYPE_Q4_K) { /* rebuild each block as stored, as below */
+        const uint8_t *g = (const uint8_t *)w->packed + (size_t)(r / 16) * dl__kp_group_bytes(w->cols);
+        for (int64_t b = 0; b < w->cols / 256; b++) {
+            const uint8_t *o = g + (size_t)b * DL__KP_BLOCK;
+            dl_block_q4_K blk;
+            uint8_t sc[8], mn[8];
+            memcpy(&blk.d, o + 2 * i, 2);
+            memcpy(&blk.dmin, o + 32 + 2 * i, 2);
+            for (int j = 0; j < 8; j++) {
+                sc[j] = o[64 + 16 * j + i];
+                mn[j] = o[192 + 16 * j + i];
+            }
+            dl_q4k_scales_pack(sc, mn, blk.scales);
+            for (int p = 0; p < 32; p++)
+                memcpy(blk.qs + 4 * p, o + 320 + 64 * p + 4 * i, 4);
+            dl_dequantize_row(w->type, &blk, out + b * 256, 256);
         }
         return;
     }

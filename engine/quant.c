@@ -180,7 +180,13 @@ static void q4k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
     }
 }
 
-static void q4k_pack_scales(const uint8_t sc[8], const uint8_t m[8], uint8_t out[12])
+void dl_q4k_scales_unpack(const uint8_t q[12], uint8_t sc[8], uint8_t m[8])
+{
+    for (int j = 0; j < 8; j++)
+        q4k_scale_min(j, q, &sc[j], &m[j]);
+}
+
+void dl_q4k_scales_pack(const uint8_t sc[8], const uint8_t m[8], uint8_t out[12])
 {
     memset(out, 0, 12);
     for (int j = 0; j < 4; j++) {
@@ -429,7 +435,7 @@ static void quant_q4_K(const float *x, dl_block_q4_K *b, int64_t nb)
             sc[j] = (uint8_t)(d > 0.0f ? clampi((int)lrintf(scale[j] / d), 0, 63) : 0);
             m[j] = (uint8_t)(dmin > 0.0f ? clampi((int)lrintf(minv[j] / dmin), 0, 63) : 0);
         }
-        q4k_pack_scales(sc, m, b[i].scales);
+        dl_q4k_scales_pack(sc, m, b[i].scales);
         uint8_t q[DL_QK_K];
         for (int j = 0; j < 8; j++) {
             float ds = d * sc[j], dm = dmin * m[j];

@@ -111,4 +111,8 @@ size_t dl_quantize_row(uint32_t type, const float *src, void *dst, int64_t n);
 /* dot(row of type, float vector) in float arithmetic — the reference for matmul. */
 float dl_vec_dot_ref(uint32_t type, const void *row, const float *x, int64_t n);
 
+/* A Q4_K block's twelve scale bytes <-> its eight 6-bit sub-block scales and mins. */
+void dl_q4k_scales_unpack(const uint8_t q[12], uint8_t sc[8], uint8_t m[8]);
+void dl_q4k_scales_pack(const uint8_t sc[8], const uint8_t m[8], uint8_t out[12]);
+
 #endif
