@@ -77,6 +77,21 @@ static inline size_t dl__kp_group_bytes(int64_t cols)
     return (size_t)(cols / 256) * DL__KP_BLOCK;
 }
 
+/* Packed Q6_K (AVX-512 path): rows in groups of 16; cols / 256 super-blocks of
+ * DL__K6_BLOCK bytes each:
+ *   [0, 32)      fp16 d[16]; [32, 64) zero
+ *   [64, 320)    int8 sc[16][16]   sub-block j (values 16j ..), row i at 64 + 16j + i
+ *   [320, 3392)  16 triples u = 8h + m (h = 0..1, m = 0..7) of three 64-byte pieces, each
+ *                with row i's bytes at dword i: ql[64h + 4m ..], ql[64h + 32 + 4m ..],
+ *                qh[32h + 4m ..], the order the kernel reads them; one triple holds the
+ *                quants of values 128h + 4m + 32q .. + 3 for q = 0..3 (ggml's layout).
+ * The bytes are the original ones, moved: 3392 against 16 x 210 = 3360. */
+#define DL__K6_BLOCK 3392
+static inline size_t dl__k6_group_bytes(int64_t cols)
+{
+    return (size_t)(cols / 256) * DL__K6_BLOCK;
+}
+
 /* Packed F16 / BF16 (dl_weight.packed, AVX-512 path): rows in groups of 16, the last padded
  * with zero rows; group g starts at g * dl__ph_group_bytes(cols) and holds, for each column
  * c in order, the 16 rows' 16-bit values (row i at element i): 32 bytes per column. One

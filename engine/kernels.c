@@ -259,6 +259,8 @@ size_t dl_weight_prepared_bytes(const dl_weight *w)
         return w->cols % DL_QK_I2_S ? 0 : (size_t)((w->rows + 15) / 16) * dl__i2s_group_bytes(w->cols);
     if (w->type == DL_TYPE_Q4_K)
         return w->cols % 256 ? 0 : (size_t)((w->rows + 15) / 16) * dl__kp_group_bytes(w->cols);
+    if (w->type == DL_TYPE_Q6_K)
+        return w->cols % 256 ? 0 : (size_t)((w->rows + 15) / 16) * dl__k6_group_bytes(w->cols);
     if ((w->type != DL_TYPE_Q4_0 && w->type != DL_TYPE_Q8_0) || w->cols % 32 != 0)
         return 0;
     return (size_t)((w->rows + 15) / 16) * dl__pk_group_bytes(w->type, w->cols);
@@ -320,6 +322,36 @@ static void dl__pack_group_q4k(const dl_weight *w, int64_t r0, uint8_t *dst)
     }
 }
 
+/* Where row i's bytes of a Q6_K super-block go in the packed block (kern_impl.h): the
+ * 4-byte runs of ql (32) and qh (16) become dwords of the triples. */
+static size_t dl__k6_ql_off(int p)
+{
+    int h = p / 16, m = p % 8, second = (p / 8) % 2; /* ql[64h + 32 second + 4m] */
+    return 320 + (size_t)(8 * h + m) * 192 + (size_t)second * 64;
+}
+static size_t dl__k6_qh_off(int p)
+{
+    return 320 + (size_t)p * 192 + 128; /* qh[32h + 4m], p = 8h + m */
+}
+
+static void dl__pack_group_q6k(const dl_weight *w, int64_t r0, uint8_t *dst)
+{
+    for (int i = 0; i < 16 && r0 + i < w->rows; i++) {
+        const dl_block_q6_K *row =
+            (const dl_block_q6_K *)((const uint8_t *)w->data + (size_t)(r0 + i) * w->row_bytes);
+        for (int64_t b = 0; b < w->cols / 256; b++) {
+            uint8_t *o = dst + (size_t)b * DL__K6_BLOCK;
+            memcpy(o + 2 * i, &row[b].d, 2);
+            for (int j = 0; j < 16; j++)
+                o[64 + 16 * j + i] = (uint8_t)row[b].scales[j];
+            for (int p = 0; p < 32; p++)
+                memcpy(o + dl__k6_ql_off(p) + 4 * i, row[b].ql + 4 * p, 4);
+            for (int p = 0; p < 16; p++)
+                memcpy(o + dl__k6_qh_off(p) + 4 * i, row[b].qh + 4 * p, 4);
+        }
+    }
+}
+
 /* I2_S: each row's 32 code bytes per 128 columns go out as 8 dwords, 64 bytes apart. */
 static void dl__pack_group_i2s(const dl_weight *w, int64_t r0, uint8_t *dst)
 {
@@ -353,6 +385,10 @@ int dl_weight_prepare(dl_weight *w, void **owned, char *err, size_t errlen)
         size_t gb = dl__kp_group_bytes(w->cols);
         for (int64_t r = 0; r < w->rows; r += 16)
             dl__pack_group_q4k(w, r, p + (size_t)(r / 16) * gb);
+    } else if (w->type == DL_TYPE_Q6_K) {
+        size_t gb = dl__k6_group_bytes(w->cols);
+        for (int64_t r = 0; r < w->rows; r += 16)
+            dl__pack_group_q6k(w, r, p + (size_t)(r / 16) * gb);
     } else if (w->type == DL_TYPE_I2_S) {
         size_t gb = dl__i2s_group_bytes(w->cols);
         for (int64_t r = 0; r < w->rows; r += 16)
@@ -371,7 +407,7 @@ void dl_weight_get_row(const dl_weight *w, int64_t r, float *out)
 {
     if (!w->packed || (w->type != DL_TYPE_F16 && w->type != DL_TYPE_BF16 &&
                        w->type != DL_TYPE_Q4_0 && w->type != DL_TYPE_Q8_0 &&
-                       w->type != DL_TYPE_Q4_K)) {
+                       w->type != DL_TYPE_Q4_K && w->type != DL_TYPE_Q6_K)) {
         dl_dequantize_row(w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, out, w->cols);
         return;
     }
@@ -399,6 +435,22 @@ void dl_weight_get_row(const dl_weight *w, int64_t r, float *out)
             dl_q4k_scales_pack(sc, mn, blk.scales);
             for (int p = 0; p < 32; p++)
                 memcpy(blk.qs + 4 * p, o + 320 + 64 * p + 4 * i, 4);
+            dl_dequantize_row(w->type, &blk, out + b * 256, 256);
+        }
+        return;
+    }
+    if (w->type == DL_TYPE_Q6_K) {
+        const uint8_t *g = (const uint8_t *)w->packed + (size_t)(r / 16) * dl__k6_group_bytes(w->cols);
+        for (int64_t b = 0; b < w->cols / 256; b++) {
+            const uint8_t *o = g + (size_t)b * DL__K6_BLOCK;
+            dl_block_q6_K blk;
+            memcpy(&blk.d, o + 2 * i, 2);
+            for (int j = 0; j < 16; j++)
+                blk.scales[j] = (int8_t)o[64 + 16 * j + i];
+            for (int p = 0; p < 32; p++)
+                memcpy(blk.ql + 4 * p, o + dl__k6_ql_off(p) + 4 * i, 4);
+            for (int p = 0; p < 16; p++)
+                memcpy(blk.qh + 4 * p, o + dl__k6_qh_off(p) + 4 * i, 4);
             dl_dequantize_row(w->type, &blk, out + b * 256, 256);
         }
         return;

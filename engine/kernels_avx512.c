@@ -917,6 +917,139 @@ static void matmul_kq_packed(const dl__mm *m, int64_t r0, int64_t r1)
     }
 }
 
+/* ---- Q6_K: the load-time packed layout (kern_impl.h), every token count ----
+ * Measured (dl_bench_matmul 8192 x 2048) against the row kernel it replaces, 2 threads:
+ * 8 tokens 760 -> 510 us, 64 tokens 5300 -> 2300 us; 1 thread, 1 / 2 / 4 tokens 390-415 ->
+ * 383-386, 515-530 -> 470-475, 565-569 -> 586-589 us. One sum per token over the 16
+ * sub-blocks made single tokens latency-bound (525-550 us): few tokens keep four. */
+
+#define K6_TILE 4 /* tokens per pass over a group: 16 dot + 8 sum registers, and the quants */
+
+/* y[t][r0 .. r0+nrows) for NT tokens from one 16-row group. Each triple (two ql pieces and
+ * one qh piece) gives the 6-bit quants of four 4-value runs in four sub-blocks, 16 rows
+ * per vector; vpdpbusd against 4 broadcast activation bytes sums them per sub-block, and
+ * four triples finish those sub-blocks, whose dots are scaled by sc_j per row in float.
+ * The quants are unsigned (q + 32), so 32 * sum_j sc_j * (sum of the token's sub-block)
+ * comes off at the end, by vpdpwssd of (sc_2p, sc_2p+1) per row against the activation
+ * sums of 16 values; then d (per row) times the token's activation scale. */
+AI void k6packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows, int t0,
+                      const int NT)
+{
+    const int64_t nb = m->w->cols / 256;
+    const __m512i m0f = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    __m512 acc[K6_TILE];
+    const int8_t *qa[K6_TILE];
+    const float *da[K6_TILE];
+    const int16_t *bs[K6_TILE];
+    #pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
+        da[t] = (const float *)(qa[t] + m->w->cols);
+        bs[t] = (const int16_t *)(da[t] + nb);
+    }
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *blk = grp + (size_t)b * DL__K6_BLOCK;
+        if (t0 == 0) { /* later token tiles find the group in cache */
+            #pragma GCC unroll 53
+            for (int o = 0; o < DL__K6_BLOCK; o += 64)
+                _mm_prefetch((const char *)blk + PK_PF + o, _MM_HINT_T0);
+        }
+        /* FX sums per token (one per run x when few tokens: short FMA chains) */
+        const int FX = NT <= 2 ? 4 : 1;
+        __m512 f[4][K6_TILE];
+        #pragma GCC unroll 4
+        for (int t = 0; t < NT; t++)
+            f[0][t] = f[1][t] = f[2][t] = f[3][t] = _mm512_setzero_ps();
+        #pragma GCC unroll 4
+        for (int hm = 0; hm < 4; hm++) { /* h = hm / 2; triples m = 4 (hm % 2) .. + 3 */
+            const int h = hm / 2, mh = hm % 2;
+            __m512i dp[4][K6_TILE];
+            #pragma GCC unroll 4
+            for (int t = 0; t < NT; t++)
+                dp[0][t] = dp[1][t] = dp[2][t] = dp[3][t] = _mm512_setzero_si512();
+            #pragma GCC unroll 4
+            for (int mm = 0; mm < 4; mm++) {
+                const int mi = 4 * mh + mm;
+                const uint8_t *tr = blk + 320 + (size_t)(8 * h + mi) * 192;
+                __m512i A = _mm512_load_si512((const void *)tr);
+                __m512i B = _mm512_load_si512((const void *)(tr + 64));
+                __m512i H = _mm512_load_si512((const void *)(tr + 128));
+                __m512i q[4];
+                q[0] = _mm512_or_si512(_mm512_and_si512(A, m0f), _mm512_and_si512(_mm512_slli_epi16(H, 4), m30));
+                q[1] = _mm512_or_si512(_mm512_and_si512(B, m0f), _mm512_and_si512(_mm512_slli_epi16(H, 2), m30));
+                q[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(A, 4), m0f), _mm512_and_si512(H, m30));
+                q[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(B, 4), m0f),
+                                       _mm512_and_si512(_mm512_srli_epi16(H, 2), m30));
+                #pragma GCC unroll 4
+                for (int t = 0; t < NT; t++) {
+                    const int8_t *a = qa[t] + b * 256 + 128 * h + 4 * mi;
+                    #pragma GCC unroll 4
+                    for (int x = 0; x < 4; x++) {
+                        int32_t a4;
+                        memcpy(&a4, a + 32 * x, 4);
+                        dp[x][t] = _mm512_dpbusd_epi32(dp[x][t], q[x], _mm512_set1_epi32(a4));
+                    }
+                }
+            }
+            /* run x of triple m lies in sub-block 8h + 2x + mh */
+            #pragma GCC unroll 4
+            for (int x = 0; x < 4; x++) {
+                const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+                    _mm_load_si128((const __m128i *)(blk + 64 + 16 * (8 * h + 2 * x + mh)))));
+                #pragma GCC unroll 4
+                for (int t = 0; t < NT; t++)
+                    f[x % FX][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp[x][t]), sc, f[x % FX][t]);
+            }
+        }
+        __m512i cs[K6_TILE];
+        #pragma GCC unroll 4
+        for (int t = 0; t < NT; t++)
+            cs[t] = _mm512_setzero_si512();
+        #pragma GCC unroll 8
+        for (int p = 0; p < 8; p++) {
+            __m512i s0 = _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(blk + 64 + 32 * p)));
+            __m512i s1 = _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(blk + 80 + 32 * p)));
+            __m512i pr = _mm512_or_si512(_mm512_and_si512(s0, _mm512_set1_epi32(0xFFFF)),
+                                         _mm512_slli_epi32(s1, 16));
+            #pragma GCC unroll 4
+            for (int t = 0; t < NT; t++) {
+                int32_t s2;
+                memcpy(&s2, bs[t] + b * 16 + 2 * p, 4);
+                cs[t] = _mm512_dpwssd_epi32(cs[t], pr, _mm512_set1_epi32(s2));
+            }
+        }
+        const __m512 dv = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)blk));
+        #pragma GCC unroll 4
+        for (int t = 0; t < NT; t++) {
+            __m512 x = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(cs[t]), _mm512_set1_ps(32.0f),
+                                        _mm512_add_ps(_mm512_add_ps(f[0][t], f[1][t]), _mm512_add_ps(f[2][t], f[3][t])));
+            acc[t] = _mm512_fmadd_ps(x, _mm512_mul_ps(dv, _mm512_set1_ps(da[t][b])), acc[t]);
+        }
+    }
+    const __mmask16 rm = tail_mask(nrows);
+    #pragma GCC unroll 4
+    for (int t = 0; t < NT; t++)
+        _mm512_mask_storeu_ps(m->y + (size_t)(t0 + t) * m->w->rows + r0, rm, acc[t]);
+}
+
+static void matmul_k6_packed(const dl__mm *m, int64_t r0, int64_t r1)
+{
+    const size_t gb = dl__k6_group_bytes(m->w->cols);
+    for (int64_t r = r0; r < r1; r += 16) { /* r0 is a multiple of 16 (dl__matmul_job) */
+        const uint8_t *grp = (const uint8_t *)m->w->packed + (size_t)(r / 16) * gb;
+        int nrows = r1 - r < 16 ? (int)(r1 - r) : 16;
+        for (int t = 0; t < m->n_tok; t += K6_TILE) {
+            switch (m->n_tok - t < K6_TILE ? m->n_tok - t : K6_TILE) {
+            case 1: k6packed_tile(m, grp, r, nrows, t, 1); break;
+            case 2: k6packed_tile(m, grp, r, nrows, t, 2); break;
+            case 3: k6packed_tile(m, grp, r, nrows, t, 3); break;
+            default: k6packed_tile(m, grp, r, nrows, t, 4); break;
+            }
+        }
+    }
+}
+
 /* ---- F32 / F16 / BF16 ---- */
 
 AI __m512 loadw(const void *row, int64_t i, __mmask16 m, uint32_t type)
@@ -1214,6 +1347,8 @@ static int matmul512(const dl__mm *m, int64_t r0, int64_t r1)
             return -1;
         if (m->w->packed && m->w->type == DL_TYPE_Q4_K)
             matmul_kq_packed(m, r0, r1);
+        else if (m->w->packed)
+            matmul_k6_packed(m, r0, r1);
         else
             matmul_kq(m, r0, r1, m->w->type == DL_TYPE_Q6_K);
         return 0;

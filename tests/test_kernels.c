@@ -105,7 +105,7 @@ static void check_matmul_p(enum dl_isa isa, dl_pool *pool, uint32_t type, int64_
         ck_assert_int_eq(dl_weight_prepare(&t.w, &owned, err, sizeof err), 0);
         int expect = dl_isa_active() == DL_ISA_AVX512 &&
                      (type == DL_TYPE_Q4_0 || type == DL_TYPE_Q8_0 || type == DL_TYPE_F16 ||
-                      type == DL_TYPE_BF16 || type == DL_TYPE_Q4_K);
+                      type == DL_TYPE_BF16 || type == DL_TYPE_Q4_K || type == DL_TYPE_Q6_K);
         ck_assert_int_eq(owned != NULL, expect);
         ck_assert_ptr_eq(t.w.packed, owned);
         ck_assert_ptr_eq(t.w.data, t.data);
@@ -276,25 +276,29 @@ START_TEST(test_matmul_prepared)
 }
 END_TEST
 
-/* Q4_K repacked at load (16 rows per super-block, scales unpacked): one to eight
- * super-blocks per row, every token tile size and remainder, odd row counts. */
-START_TEST(test_matmul_prepared_q4k)
+/* Q4_K and Q6_K repacked at load (16 rows per super-block): one to eight super-blocks per
+ * row, every token tile size and remainder, odd row counts. */
+START_TEST(test_matmul_prepared_k)
 {
     static const int64_t cols[] = {256, 768, 2048};
     static const int64_t rows[] = {1, 17, 35};
+    static const uint32_t types[] = {DL_TYPE_Q4_K, DL_TYPE_Q6_K};
     dl_pool *pool = dl_pool_create(3);
     ck_assert_ptr_nonnull(pool);
-    rng_state = 999;
-    for (int isa = 0; isa <= (int)dl_isa_detect(); isa++)
-        for (int c = 0; c < 3; c++)
-            for (int r = 0; r < 3; r++) {
-                for (size_t k = 0; k < sizeof n_toks / sizeof n_toks[0]; k++)
-                    check_matmul_p((enum dl_isa)isa, pool, DL_TYPE_Q4_K, rows[r], cols[c], n_toks[k], 1);
-                check_matmul_p((enum dl_isa)isa, pool, DL_TYPE_Q4_K, rows[r], cols[c], 64, 1);
-            }
+    for (int ty = 0; ty < 2; ty++) {
+        rng_state = 999 + types[ty];
+        for (int isa = 0; isa <= (int)dl_isa_detect(); isa++)
+            for (int c = 0; c < 3; c++)
+                for (int r = 0; r < 3; r++) {
+                    for (size_t k = 0; k < sizeof n_toks / sizeof n_toks[0]; k++)
+                        check_matmul_p((enum dl_isa)isa, pool, types[ty], rows[r], cols[c], n_toks[k], 1);
+                    check_matmul_p((enum dl_isa)isa, pool, types[ty], rows[r], cols[c], 64, 1);
+                }
+    }
     dl_pool *pool2 = dl_pool_create(2);
     ck_assert_ptr_nonnull(pool2);
     check_matmul_p(DL_ISA_AVX512, pool2, DL_TYPE_Q4_K, 83, 2048, 9, 1);
+    check_matmul_p(DL_ISA_AVX512, pool2, DL_TYPE_Q6_K, 83, 2048, 7, 1);
     dl_pool_free(pool2);
     dl_pool_free(pool);
     dl_isa_force(DL_ISA_AVX512);
@@ -367,7 +371,7 @@ END_TEST
  * weights) in particular is never repacked. The packed sizes are as kern_impl.h lays out. */
 START_TEST(test_prepare_leaves_others)
 {
-    static const uint32_t types[] = {DL_TYPE_F32, DL_TYPE_Q6_K};
+    static const uint32_t types[] = {DL_TYPE_F32, DL_TYPE_TQ2_0};
     for (int i = 0; i < 2; i++) {
         tw t;
         tw_make(&t, types[i], 5, 256);
@@ -404,6 +408,13 @@ START_TEST(test_prepare_leaves_others)
     dl_isa_force(DL_ISA_AVX512);
     if (dl_isa_active() == DL_ISA_AVX512)
         ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 2 * 2 * 2368);
+    tw_free(&t);
+    tw_make(&t, DL_TYPE_Q6_K, 17, 512); /* the same for Q6_K */
+    dl_isa_force(DL_ISA_AVX2);
+    ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 0);
+    dl_isa_force(DL_ISA_AVX512);
+    if (dl_isa_active() == DL_ISA_AVX512)
+        ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 2 * 2 * 3392);
     tw_free(&t);
     /* F16: two 16-row groups of 37 columns x 16 rows x 2 bytes, not on AVX2 */
     tw_make(&t, DL_TYPE_F16, 17, 37);
@@ -687,7 +698,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_matmul_many_tokens);
     tcase_add_test(tc, test_matmul_no_scratch);
     tcase_add_test(tc, test_matmul_prepared);
-    tcase_add_test(tc, test_matmul_prepared_q4k);
+    tcase_add_test(tc, test_matmul_prepared_k);
     tcase_add_test(tc, test_matmul_prepared_half);
     tcase_add_test(tc, test_weight_get_row);
     tcase_add_test(tc, test_prepare_leaves_others);
