@@ -659,6 +659,15 @@ AI __m512i pair16(int lo, int hi)
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)lo)), _mm256_set1_epi16((short)hi), 1);
 }
 
+/* Token t's quantised activations in the actk format (kern_impl.h): quants, block scales,
+ * 16-value sums. */
+AI void actk_tok(const dl__mm *m, int t, const int8_t **qa, const float **da, const int16_t **bs)
+{
+    *qa = (const int8_t *)(m->xq + (size_t)t * m->xq_stride);
+    *da = (const float *)(*qa + m->w->cols);
+    *bs = (const int16_t *)(*da + m->w->cols / 256);
+}
+
 AI void rowdot_q4k(const dl__mm *m, int64_t r, int t0, const int NT)
 {
     const int64_t nb = m->w->cols / 256;
@@ -672,9 +681,7 @@ AI void rowdot_q4k(const dl__mm *m, int64_t r, int t0, const int NT)
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm512_setzero_ps();
         mins[t] = 0;
-        qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
-        da[t] = (const float *)(qa[t] + m->w->cols);
-        bs[t] = (const int16_t *)(da[t] + nb);
+        actk_tok(m, t0 + t, &qa[t], &da[t], &bs[t]);
     }
     for (int64_t b = 0; b < nb; b++) {
         const dl_block_q4_K *blk = row + b;
@@ -727,9 +734,7 @@ AI void rowdot_q6k(const dl__mm *m, int64_t r, int t0, const int NT)
     #pragma GCC unroll 8
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm512_setzero_ps();
-        qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
-        da[t] = (const float *)(qa[t] + m->w->cols);
-        bs[t] = (const int16_t *)(da[t] + nb);
+        actk_tok(m, t0 + t, &qa[t], &da[t], &bs[t]);
     }
     for (int64_t b = 0; b < nb; b++) {
         const dl_block_q6_K *blk = row + b;
@@ -826,9 +831,7 @@ AI void kpacked_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows,
     #pragma GCC unroll 8
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm512_setzero_ps();
-        qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
-        da[t] = (const float *)(qa[t] + m->w->cols);
-        bs[t] = (const int16_t *)(da[t] + nb);
+        actk_tok(m, t0 + t, &qa[t], &da[t], &bs[t]);
     }
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = grp + (size_t)b * DL__KP_BLOCK;
@@ -896,27 +899,6 @@ AI void kpacked_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows,
         _mm512_mask_storeu_ps(m->y + (size_t)(t0 + t) * m->w->rows + r0, rm, acc[t]);
 }
 
-static void matmul_kq_packed(const dl__mm *m, int64_t r0, int64_t r1)
-{
-    const size_t gb = dl__kp_group_bytes(m->w->cols);
-    for (int64_t r = r0; r < r1; r += 16) { /* r0 is a multiple of 16 (dl__matmul_job) */
-        const uint8_t *grp = (const uint8_t *)m->w->packed + (size_t)(r / 16) * gb;
-        int nrows = r1 - r < 16 ? (int)(r1 - r) : 16;
-        for (int t = 0; t < m->n_tok; t += KP_TILE) {
-            switch (m->n_tok - t < KP_TILE ? m->n_tok - t : KP_TILE) {
-            case 1: kpacked_tile(m, grp, r, nrows, t, 1); break;
-            case 2: kpacked_tile(m, grp, r, nrows, t, 2); break;
-            case 3: kpacked_tile(m, grp, r, nrows, t, 3); break;
-            case 4: kpacked_tile(m, grp, r, nrows, t, 4); break;
-            case 5: kpacked_tile(m, grp, r, nrows, t, 5); break;
-            case 6: kpacked_tile(m, grp, r, nrows, t, 6); break;
-            case 7: kpacked_tile(m, grp, r, nrows, t, 7); break;
-            default: kpacked_tile(m, grp, r, nrows, t, 8); break;
-            }
-        }
-    }
-}
-
 /* ---- Q6_K: the load-time packed layout (kern_impl.h), every token count ----
  * Measured (dl_bench_matmul 8192 x 2048) against the row kernel it replaces, 2 threads:
  * 8 tokens 760 -> 510 us, 64 tokens 5300 -> 2300 us; 1 thread, 1 / 2 / 4 tokens 390-415 ->
@@ -944,9 +926,7 @@ AI void k6packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows
     #pragma GCC unroll 4
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm512_setzero_ps();
-        qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
-        da[t] = (const float *)(qa[t] + m->w->cols);
-        bs[t] = (const int16_t *)(da[t] + nb);
+        actk_tok(m, t0 + t, &qa[t], &da[t], &bs[t]);
     }
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = grp + (size_t)b * DL__K6_BLOCK;
@@ -1033,18 +1013,24 @@ AI void k6packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows
         _mm512_mask_storeu_ps(m->y + (size_t)(t0 + t) * m->w->rows + r0, rm, acc[t]);
 }
 
-static void matmul_k6_packed(const dl__mm *m, int64_t r0, int64_t r1)
+/* Q4_K or Q6_K from their packed layouts: each 16-row group, tokens a tile at a time. */
+static void matmul_k_packed(const dl__mm *m, int64_t r0, int64_t r1, int is_q6)
 {
-    const size_t gb = dl__k6_group_bytes(m->w->cols);
+    const size_t gb = is_q6 ? dl__k6_group_bytes(m->w->cols) : dl__kp_group_bytes(m->w->cols);
+    const int tile = is_q6 ? K6_TILE : KP_TILE;
     for (int64_t r = r0; r < r1; r += 16) { /* r0 is a multiple of 16 (dl__matmul_job) */
         const uint8_t *grp = (const uint8_t *)m->w->packed + (size_t)(r / 16) * gb;
         int nrows = r1 - r < 16 ? (int)(r1 - r) : 16;
-        for (int t = 0; t < m->n_tok; t += K6_TILE) {
-            switch (m->n_tok - t < K6_TILE ? m->n_tok - t : K6_TILE) {
-            case 1: k6packed_tile(m, grp, r, nrows, t, 1); break;
-            case 2: k6packed_tile(m, grp, r, nrows, t, 2); break;
-            case 3: k6packed_tile(m, grp, r, nrows, t, 3); break;
-            default: k6packed_tile(m, grp, r, nrows, t, 4); break;
+        for (int t = 0; t < m->n_tok; t += tile) {
+            int nt = m->n_tok - t < tile ? m->n_tok - t : tile;
+            switch (nt * 2 + is_q6) {
+#define DL__KT(n) case 2 * n: kpacked_tile(m, grp, r, nrows, t, n); break;
+#define DL__K6(n) case 2 * n + 1: k6packed_tile(m, grp, r, nrows, t, n); break;
+            DL__KT(1) DL__KT(2) DL__KT(3) DL__KT(4) DL__KT(5) DL__KT(6) DL__KT(7) DL__KT(8)
+            DL__K6(1) DL__K6(2) DL__K6(3) DL__K6(4)
+#undef DL__KT
+#undef DL__K6
+            default: break;
             }
         }
     }
@@ -1345,10 +1331,8 @@ static int matmul512(const dl__mm *m, int64_t r0, int64_t r1)
     case DL_TYPE_Q6_K:
         if (!m->xq)
             return -1;
-        if (m->w->packed && m->w->type == DL_TYPE_Q4_K)
-            matmul_kq_packed(m, r0, r1);
-        else if (m->w->packed)
-            matmul_k6_packed(m, r0, r1);
+        if (m->w->packed)
+            matmul_k_packed(m, r0, r1, m->w->type == DL_TYPE_Q6_K);
         else
             matmul_kq(m, r0, r1, m->w->type == DL_TYPE_Q6_K);
         return 0;

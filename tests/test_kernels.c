@@ -247,59 +247,37 @@ END_TEST
 
 /* Weights repacked at load: every token count (one tile of 8 and each remainder, the old
  * 17-token stripe threshold, 64), odd row counts, every path (the non-AVX-512 ones read the
- * original, the AVX-512 one only the copy). */
+ * original, the AVX-512 one only the copy). Q4_K and Q6_K: one to eight super-blocks. */
 START_TEST(test_matmul_prepared)
 {
-    static const int64_t cols[] = {32, 96, 1056};
+    static const struct {
+        uint32_t type;
+        int64_t cols[3];
+    } cases[] = {
+        {DL_TYPE_Q8_0, {32, 96, 1056}},
+        {DL_TYPE_Q4_0, {32, 96, 1056}},
+        {DL_TYPE_Q4_K, {256, 768, 2048}},
+        {DL_TYPE_Q6_K, {256, 768, 2048}},
+    };
     static const int64_t rows[] = {1, 17, 35};
-    static const uint32_t types[] = {DL_TYPE_Q8_0, DL_TYPE_Q4_0};
     dl_pool *pool = dl_pool_create(3);
     ck_assert_ptr_nonnull(pool);
-    for (int ty = 0; ty < 2; ty++) {
-        rng_state = 777 + types[ty];
+    for (size_t ty = 0; ty < sizeof cases / sizeof cases[0]; ty++) {
+        uint32_t type = cases[ty].type;
+        rng_state = 777 + type;
         for (int isa = 0; isa <= (int)dl_isa_detect(); isa++)
             for (int c = 0; c < 3; c++)
                 for (int r = 0; r < 3; r++) {
                     for (size_t k = 0; k < sizeof n_toks / sizeof n_toks[0]; k++)
-                        check_matmul_p((enum dl_isa)isa, pool, types[ty], rows[r], cols[c], n_toks[k], 1);
-                    check_matmul_p((enum dl_isa)isa, pool, types[ty], rows[r], cols[c], 64, 1);
+                        check_matmul_p((enum dl_isa)isa, pool, type, rows[r], cases[ty].cols[c], n_toks[k], 1);
+                    check_matmul_p((enum dl_isa)isa, pool, type, rows[r], cases[ty].cols[c], 64, 1);
                 }
+        /* a thread count that splits the row tiles unevenly, with a larger shape */
+        dl_pool *pool2 = dl_pool_create(2);
+        ck_assert_ptr_nonnull(pool2);
+        check_matmul_p(DL_ISA_AVX512, pool2, type, 83, 2048, 9, 1);
+        dl_pool_free(pool2);
     }
-    /* a thread count that splits the row tiles unevenly, with a larger shape */
-    dl_pool *pool2 = dl_pool_create(2);
-    ck_assert_ptr_nonnull(pool2);
-    check_matmul_p(DL_ISA_AVX512, pool2, DL_TYPE_Q4_0, 83, 2048, 9, 1);
-    check_matmul_p(DL_ISA_AVX512, pool2, DL_TYPE_Q8_0, 83, 2048, 9, 1);
-    dl_pool_free(pool2);
-    dl_pool_free(pool);
-    dl_isa_force(DL_ISA_AVX512);
-}
-END_TEST
-
-/* Q4_K and Q6_K repacked at load (16 rows per super-block): one to eight super-blocks per
- * row, every token tile size and remainder, odd row counts. */
-START_TEST(test_matmul_prepared_k)
-{
-    static const int64_t cols[] = {256, 768, 2048};
-    static const int64_t rows[] = {1, 17, 35};
-    static const uint32_t types[] = {DL_TYPE_Q4_K, DL_TYPE_Q6_K};
-    dl_pool *pool = dl_pool_create(3);
-    ck_assert_ptr_nonnull(pool);
-    for (int ty = 0; ty < 2; ty++) {
-        rng_state = 999 + types[ty];
-        for (int isa = 0; isa <= (int)dl_isa_detect(); isa++)
-            for (int c = 0; c < 3; c++)
-                for (int r = 0; r < 3; r++) {
-                    for (size_t k = 0; k < sizeof n_toks / sizeof n_toks[0]; k++)
-                        check_matmul_p((enum dl_isa)isa, pool, types[ty], rows[r], cols[c], n_toks[k], 1);
-                    check_matmul_p((enum dl_isa)isa, pool, types[ty], rows[r], cols[c], 64, 1);
-                }
-    }
-    dl_pool *pool2 = dl_pool_create(2);
-    ck_assert_ptr_nonnull(pool2);
-    check_matmul_p(DL_ISA_AVX512, pool2, DL_TYPE_Q4_K, 83, 2048, 9, 1);
-    check_matmul_p(DL_ISA_AVX512, pool2, DL_TYPE_Q6_K, 83, 2048, 7, 1);
-    dl_pool_free(pool2);
     dl_pool_free(pool);
     dl_isa_force(DL_ISA_AVX512);
 }
@@ -698,7 +676,6 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, test_matmul_many_tokens);
     tcase_add_test(tc, test_matmul_no_scratch);
     tcase_add_test(tc, test_matmul_prepared);
-    tcase_add_test(tc, test_matmul_prepared_k);
     tcase_add_test(tc, test_matmul_prepared_half);
     tcase_add_test(tc, test_weight_get_row);
     tcase_add_test(tc, test_prepare_leaves_others);
