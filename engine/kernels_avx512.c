@@ -529,6 +529,15 @@ static void matmul_q_stripe(const dl__mm *m, int64_t r0, int64_t r1, int is_q8)
  * 512..2048 bytes gained less, 8192 no more; the NTA hint was no better than T0. */
 #define PK_PF 4096
 
+/* The lines of [p, p + bytes) PK_PF bytes ahead, for the first token tile of a pass over a
+ * packed group (later tiles find the group in cache). */
+AI void prefetch_ahead(const uint8_t *p, size_t bytes)
+{
+    #pragma GCC unroll 64
+    for (size_t o = 0; o < bytes; o += 64)
+        _mm_prefetch((const char *)p + PK_PF + o, _MM_HINT_T0);
+}
+
 /* y[t][r0 .. r0+nrows) = one 16-row group's dot with NT tokens' activations. Each 64-byte
  * piece of weights feeds NT vpdpbusd against 4 broadcast activation bytes, 16 rows per
  * instruction: no horizontal sums, and a piece loaded once serves the whole token tile. */
@@ -555,11 +564,8 @@ AI void packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows, 
     for (int64_t b2 = 0; b2 < nb; b2 += 2) {
       /* a pair's addresses are constant offsets from one pointer: few registers for them */
       const uint8_t *pp = grp + (size_t)(b2 / 2) * pair;
-      if (t0 == 0) { /* later token tiles find the group in cache */
-          #pragma GCC unroll 32
-          for (size_t o = 0; o < pair; o += 64)
-              _mm_prefetch((const char *)pp + PK_PF + o, _MM_HINT_T0);
-      }
+      if (t0 == 0)
+          prefetch_ahead(pp, pair);
       #pragma GCC unroll 2
       for (int j = 0; j < 2; j++) {
         if (b2 + j >= nb)
@@ -835,11 +841,8 @@ AI void kpacked_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows,
     }
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = grp + (size_t)b * DL__KP_BLOCK;
-        if (t0 == 0) { /* later token tiles find the group in cache */
-            #pragma GCC unroll 37
-            for (int o = 0; o < DL__KP_BLOCK; o += 64)
-                _mm_prefetch((const char *)blk + PK_PF + o, _MM_HINT_T0);
-        }
+        if (t0 == 0)
+            prefetch_ahead(blk, DL__KP_BLOCK);
         const __m512 dv = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)blk));
         const __m512 mv = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(blk + 32)));
         #pragma GCC unroll 1
@@ -930,11 +933,8 @@ AI void k6packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows
     }
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = grp + (size_t)b * DL__K6_BLOCK;
-        if (t0 == 0) { /* later token tiles find the group in cache */
-            #pragma GCC unroll 53
-            for (int o = 0; o < DL__K6_BLOCK; o += 64)
-                _mm_prefetch((const char *)blk + PK_PF + o, _MM_HINT_T0);
-        }
+        if (t0 == 0)
+            prefetch_ahead(blk, DL__K6_BLOCK);
         /* FX sums per token (one per run x when few tokens: short FMA chains) */
         const int FX = NT <= 2 ? 4 : 1;
         __m512 f[4][K6_TILE];

@@ -243,6 +243,15 @@ static const enum dl_isa isas[] = { DL_ISA_SCALAR, DL_ISA_AVX2, DL_ISA_AVX512 };
 
 static int isa_available(enum dl_isa isa) { return dl_isa_detect() >= isa; }
 
+/* Make isas[ii] the active ISA; 0 (and nothing forced) where this CPU lacks it. */
+static int use_isa(size_t ii)
+{
+    if (!isa_available(isas[ii]))
+        return 0;
+    dl_isa_force(isas[ii]);
+    return 1;
+}
+
 /* ---------------------------------------------------------------- tests */
 
 START_TEST(test_params)
@@ -320,9 +329,8 @@ START_TEST(test_oracle_sliding)
     static const int sinks[] = { 0, 1, 5 };
     static const int groups[] = { 1, 4 };
     for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
-        if (!isa_available(isas[ii]))
+        if (!use_isa(ii))
             continue;
-        dl_isa_force(isas[ii]);
         for (size_t gi = 0; gi < 2; gi++) {
             prob p;
             prob_make(&p, 2, 2, groups[gi], 32, 60, 0.15f, 11 + gi);
@@ -350,9 +358,8 @@ START_TEST(test_oracle_modes)
 {
     dl_pool *pool = dl_pool_create(2);
     for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
-        if (!isa_available(isas[ii]))
+        if (!use_isa(ii))
             continue;
-        dl_isa_force(isas[ii]);
         prob p;
         prob_make(&p, 1, 2, 2, 64, 150, 0.1f, 7);
         dl_delta_params dp;
@@ -417,9 +424,8 @@ START_TEST(test_decode_shapes)
     static const int dims[] = { 16, 48, 64, 80, 96, 128 };
     static const int groups[] = { 1, 3, 4, 16, 17 };
     for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
-        if (!isa_available(isas[ii]))
+        if (!use_isa(ii))
             continue;
-        dl_isa_force(isas[ii]);
         for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++)
             for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++) {
                 prob p;
@@ -445,9 +451,8 @@ END_TEST
 START_TEST(test_theta_zero_dense)
 {
     for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
-        if (!isa_available(isas[ii]))
+        if (!use_isa(ii))
             continue;
-        dl_isa_force(isas[ii]);
         prob p;
         prob_make(&p, 1, 2, 4, 16, 70, 0.2f, 3);
         dl_delta_params dp;
@@ -767,9 +772,8 @@ START_TEST(test_short_last_tile)
 {
     static const int shapes[][3] = { { 2, 390, 400 }, { 4, 33, 40 } }; /* G, prompt, ctx */
     for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
-        if (!isa_available(isas[ii]))
+        if (!use_isa(ii))
             continue;
-        dl_isa_force(isas[ii]);
         for (int si = 0; si < 2; si++) {
             prob p;
             prob_make(&p, 1, 2, shapes[si][0], 32, shapes[si][2], 0.15f, 41 + si);
@@ -971,9 +975,8 @@ START_TEST(test_theta_same_on_every_isa)
         uint64_t ref_zeros = 0;
         float *out = malloc((size_t)T * nh * d * sizeof(float));
         for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
-            if (!isa_available(isas[ii]))
+            if (!use_isa(ii))
                 continue;
-            dl_isa_force(isas[ii]);
             char err[128];
             dl_delta_cache *c = dl_delta_cache_create(2, n_kv, d, T, &dp, err, sizeof err);
             int calls[3][2] = { { 0, 150 }, { 150, 140 }, { 290, 1 } };
@@ -1015,9 +1018,8 @@ START_TEST(test_fused_prefill)
     static const int groups[] = { 1, 3, 4 };
     static const int windows[] = { 1, 8, 40 };
     for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
-        if (!isa_available(isas[ii]))
+        if (!use_isa(ii))
             continue;
-        dl_isa_force(isas[ii]);
         for (size_t di = 0; di < 4; di++)
             for (size_t gi = 0; gi < 3; gi++) {
                 int d = dims[di], G = groups[gi], n_kv = 2, nh = n_kv * G, T = 150;
@@ -1101,9 +1103,8 @@ START_TEST(test_decode_long)
     static const int groups[] = { 4, 3 };
     static const int windows[] = { 8, 600 };
     for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
-        if (!isa_available(isas[ii]))
+        if (!use_isa(ii))
             continue;
-        dl_isa_force(isas[ii]);
         for (int si = 0; si < 2; si++) {
             prob p;
             prob_make(&p, 1, 1, groups[si], dims[si], 1040, 0.1f, 500 + si);
@@ -1133,9 +1134,8 @@ START_TEST(test_decode_dims8)
     static const int dims[] = { 8, 24, 200, 256 };
     static const int groups[] = { 3, 16 };
     for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
-        if (!isa_available(isas[ii]))
+        if (!use_isa(ii))
             continue;
-        dl_isa_force(isas[ii]);
         for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++)
             for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++) {
                 prob p;
@@ -1164,9 +1164,8 @@ START_TEST(test_dense_decode)
 {
     static const int dims[] = { 64, 40 };
     for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
-        if (!isa_available(isas[ii]))
+        if (!use_isa(ii))
             continue;
-        dl_isa_force(isas[ii]);
         for (int di = 0; di < 2; di++) {
             int d = dims[di], n_kv = 2, G = 3, nh = n_kv * G, T = 1030;
             prob p;
