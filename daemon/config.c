@@ -59,6 +59,7 @@ static const key_def keys[] = {
     {"delta-stages", KT_SPECIAL, 0, 0, 0, 0, "prefill|decode|both"},
     {"delta-prefill-mode", KT_SPECIAL, 0, 0, 0, 0, "sliding|block"},
     {"delta-block-frac", KT_FLOAT, F(delta.block_frac), 0, 1e-6, 1, "block mode fraction (0,1]"},
+    {"delta-lag", KT_FLOAT, F(delta.lag), 0, 0, 1, "stored key element stops lag*theta short [0,1]"},
 };
 
 const char *dl_version(void) { return "0.1.0"; }

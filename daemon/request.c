@@ -316,6 +316,11 @@ static int parse_delta(pctx *c, dl_request *r, const cJSON *j)
             return -EINVAL;
         d->block_frac = (float)x;
     }
+    if ((v = opt(j, "lag"))) {
+        if (get_num(c, v, "delta.lag", 0, 1, &x))
+            return -EINVAL;
+        d->lag = (float)x;
+    }
     char e2[256];
     if (dl_delta_params_check(d, e2, sizeof e2))
         return fail(c, "delta", "delta: %s", e2);

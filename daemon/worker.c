@@ -232,7 +232,7 @@ static int same_delta(const dl_delta_params *a, const dl_delta_params *b)
     return a->enabled == b->enabled && a->theta == b->theta &&
            a->sparsity_target == b->sparsity_target && a->window == b->window &&
            a->sink == b->sink && a->stages == b->stages && a->prefill_mode == b->prefill_mode &&
-           a->block_frac == b->block_frac;
+           a->block_frac == b->block_frac && a->lag == b->lag;
 }
 
 static int common_prefix(const int32_t *a, int na, const int32_t *b, int nb)

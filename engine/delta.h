@@ -27,6 +27,9 @@ typedef struct dl_delta_params {
     int stages;            /* enum dl_delta_stage */
     int prefill_mode;      /* enum dl_prefill_mode */
     float block_frac;      /* block mode: block = round(n * block_frac) tokens, (0, 1] */
+    float lag;             /* where a stored element leaves the reference: lag * theta / w_e
+                              short of the key, towards the old reference, [0, 1]; 0 is the
+                              spec's r = k (see delta.c) */
     int value_bits;        /* stored deltas: 8 (E4M3; 0 means 8) or 16 (fp16). Either way
                               fp16 when every element is kept (theta 0 / target 0) */
 } dl_delta_params;

@@ -429,6 +429,7 @@ START_TEST(malformed_corpus)
          "delta.stages"},
         {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"block_frac\":2}}", 400,
          "delta.block_frac"},
+        {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"lag\":1.5}}", 400, "delta.lag"},
         {"/v1/completions", "{\"prompt\":\"x\",\"stream_options\":3}", 400, "stream_options"},
         {"/v1/completions", "{\"prompt\":\"x\",\"timeout\":-1}", 400, "timeout"},
         {"/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":600}", 400, "prompt"},

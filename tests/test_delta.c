@@ -89,9 +89,10 @@ static int g_vb = 2;
 static float rdelta(float x) { return g_vb == 1 ? r8(x) : r16(x); }
 
 /* k̂ for layer l, all positions, given the theta used by each call (theta_at[t]) and the
- * channel weights (w_at[t][n_kv * d]): element i is stored when |δ| w > theta. */
+ * channel weights (w_at[t][n_kv * d]): element i is stored when |δ| w > theta, and then
+ * stops lag * theta / w short of the key. */
 static void oracle_khat(const prob *p, int l, const float *theta_at, const float *w_at,
-                        float *khat)
+                        float lag, float *khat)
 {
     int w = p->n_kv * p->d;
     float *r = calloc((size_t)w, sizeof(float));
@@ -99,8 +100,11 @@ static void oracle_khat(const prob *p, int l, const float *theta_at, const float
         const float *k = pk(p, l, t);
         for (int i = 0; i < w; i++) {
             float delta = k[i] - r[i];
-            if (t == 0 || fabsf(delta) * w_at[(size_t)t * w + i] > theta_at[t])
+            float wi = w_at[(size_t)t * w + i];
+            if (t == 0)
                 r[i] += rdelta(delta);
+            else if (fabsf(delta) * wi > theta_at[t])
+                r[i] += rdelta(delta - copysignf(lag * (theta_at[t] / wi), delta));
             khat[(size_t)t * w + i] = r[i];
         }
     }
@@ -203,7 +207,7 @@ static double run_case(const prob *p, const dl_delta_params *dp, const int *chun
     /* Every layer writes the same output rows, so what is left is the last layer's
      * (its keys differ from the others', which checks the per-layer indexing). */
     int l = p->n_layer - 1;
-    oracle_khat(p, l, theta_at + (size_t)l * p->T, w_at, kh);
+    oracle_khat(p, l, theta_at + (size_t)l * p->T, w_at, dp->lag, kh);
     for (int ci = 0; ci < n_calls; ci++) {
         int n = chunks[ci], is_prefill = ci < n_prefill, p0 = call_p0[ci];
         int on = dp->enabled && (dp->stages & (is_prefill ? DL_STAGE_PREFILL : DL_STAGE_DECODE));
@@ -287,6 +291,13 @@ START_TEST(test_params)
     ck_assert_ptr_nonnull(strstr(err, "delta.block_frac"));
     q = p, q.block_frac = 1.5f;
     ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    q = p, q.lag = 1.01f;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "delta.lag"));
+    q = p, q.lag = -0.1f;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    q = p, q.lag = NAN;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
     q = p, q.value_bits = 4;
     ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
     ck_assert_ptr_nonnull(strstr(err, "delta.value_bits"));
@@ -322,7 +333,7 @@ START_TEST(test_stats_arith)
 END_TEST
 
 /* Acceptance 1: oracle, sliding prefill + decode, windows from 1 to beyond the context,
- * several sinks and GQA ratios; on every ISA. */
+ * several sinks, GQA ratios and lags; on every ISA. */
 START_TEST(test_oracle_sliding)
 {
     static const int windows[] = { 1, 3, 16, 200 };
@@ -342,9 +353,10 @@ START_TEST(test_oracle_sliding)
                     dp.theta = 0.2f;
                     dp.window = windows[wi];
                     dp.sink = sinks[si];
+                    dp.lag = (float)((wi + si) % 3) * 0.5f; /* 0 (the spec's rule), 0.5, 1 */
                     double e = run_prefill_decode(&p, &dp, 40, 20);
-                    ck_assert_msg(e < 2e-4, "isa %d G %d w %d sink %d: err %g", isas[ii],
-                                  groups[gi], windows[wi], sinks[si], e);
+                    ck_assert_msg(e < 2e-4, "isa %d G %d w %d sink %d lag %g: err %g", isas[ii],
+                                  groups[gi], windows[wi], sinks[si], dp.lag, e);
                 }
             prob_free(&p);
         }
@@ -909,44 +921,53 @@ START_TEST(test_theta_same_on_every_isa)
             rng_state = 77 + di;
             for (int i = 0; i < n * d; i++)
                 k[i] = ldexpf(nrand(), (int)(urand() * 22) - 12);
+            /* channel 3 unused by the queries (w = 0): never stored, whatever the lag */
             for (int e = 0; e < d; e++) {
                 r0[e] = r1[e] = nrand();
-                w[e] = 0.25f + (float)urand() * 2;
+                w[e] = e == 3 ? 0 : 0.25f + (float)urand() * 2;
             }
-            for (float theta = 0; theta < 2; theta += 0.37f) {
-                uint64_t zeros = 0;
-                for (int a = 0; a < n; a++)
-                    for (int e = 0; e < d; e++) {
-                        float delta = k[(size_t)a * d + e] - r0[e];
-                        if (fabsf(delta) * w[e] > theta)
-                            r0[e] += r8(delta);
-                        else
-                            zeros++;
-                    }
-                ck_assert_uint_eq(simd[si]->sim_zeros(k, (size_t)d, n, d, r1, w, theta), zeros);
-                for (int e = 0; e < d; e++)
-                    ck_assert_msg(r1[e] == r0[e], "sim %d d %d e %d: %.9g vs %.9g", si, d, e, r1[e], r0[e]);
-            }
-            /* one key at a time, storing: mask, values and references as the spec's loop */
-            for (int e = 0; e < d; e++)
-                r0[e] = r1[e] = nrand();
-            for (int a = 0; a < n; a++) {
-                const float *kt = k + (size_t)a * d;
-                uint8_t m0[10] = { 0 }, m1[10] = { 0 };
-                dl_fp16 v0[80], v1[80];
-                int n0 = 0;
-                for (int e = 0; e < d; e++) {
-                    float delta = kt[e] - r0[e];
-                    if (fabsf(delta) * w[e] > 0.3f) {
-                        r0[e] += r8(delta);
-                        v0[n0++] = dl_f32_to_fp16(r8(delta));
-                        m0[e / 8] |= (uint8_t)(1u << (e % 8));
-                    }
+            /* a stored element's delta stops lag * theta / w short of the key */
+            static const float lags[] = { 0, 0.5f, 1 };
+            for (int li = 0; li < 3; li++) {
+                float lag = lags[li];
+                for (float theta = 0; theta < 2; theta += 0.37f) {
+                    uint64_t zeros = 0;
+                    for (int a = 0; a < n; a++)
+                        for (int e = 0; e < d; e++) {
+                            float delta = k[(size_t)a * d + e] - r0[e];
+                            if (fabsf(delta) * w[e] > theta)
+                                r0[e] += r8(delta - copysignf(lag * (theta / w[e]), delta));
+                            else
+                                zeros++;
+                        }
+                    ck_assert_uint_eq(simd[si]->sim_zeros(k, (size_t)d, n, d, r1, w, theta, lag),
+                                      zeros);
+                    for (int e = 0; e < d; e++)
+                        ck_assert_msg(r1[e] == r0[e], "sim %d d %d lag %g e %d: %.9g vs %.9g", si,
+                                      d, lag, e, r1[e], r0[e]);
                 }
-                ck_assert_int_eq(simd[si]->encode8(kt, d, r1, w, 0.3f, m1, v1), n0);
-                ck_assert(!memcmp(m0, m1, sizeof m0) && !memcmp(v0, v1, (size_t)n0 * sizeof *v0));
+                /* one key at a time, storing: mask, values and references as the spec's loop */
                 for (int e = 0; e < d; e++)
-                    ck_assert(r1[e] == r0[e]);
+                    r0[e] = r1[e] = nrand();
+                for (int a = 0; a < n; a++) {
+                    const float *kt = k + (size_t)a * d;
+                    uint8_t m0[10] = { 0 }, m1[10] = { 0 };
+                    dl_fp16 v0[80], v1[80];
+                    int n0 = 0;
+                    for (int e = 0; e < d; e++) {
+                        float delta = kt[e] - r0[e];
+                        if (fabsf(delta) * w[e] > 0.3f) {
+                            float s = r8(delta - copysignf(lag * (0.3f / w[e]), delta));
+                            r0[e] += s;
+                            v0[n0++] = dl_f32_to_fp16(s);
+                            m0[e / 8] |= (uint8_t)(1u << (e % 8));
+                        }
+                    }
+                    ck_assert_int_eq(simd[si]->encode8(kt, d, r1, w, 0.3f, lag, m1, v1), n0);
+                    ck_assert(!memcmp(m0, m1, sizeof m0) && !memcmp(v0, v1, (size_t)n0 * sizeof *v0));
+                    for (int e = 0; e < d; e++)
+                        ck_assert(r1[e] == r0[e]);
+                }
             }
             /* exact ties between two E4M3 values go to the even one, in both ranges */
             for (int i = 0; i < d; i++) {
@@ -956,7 +977,7 @@ START_TEST(test_theta_same_on_every_isa)
                 r1[i] = 0;
                 w[i] = 1;
             }
-            ck_assert_uint_eq(simd[si]->sim_zeros(k, (size_t)d, 1, d, r1, w, -1.0f), 0);
+            ck_assert_uint_eq(simd[si]->sim_zeros(k, (size_t)d, 1, d, r1, w, -1.0f, 0), 0);
             for (int e = 0; e < d; e++)
                 ck_assert_msg(r1[e] == r8(k[e]), "tie d %d e %d: %.9g vs %.9g", d, e, r1[e], r8(k[e]));
             free(k);

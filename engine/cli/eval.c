@@ -41,6 +41,8 @@ typedef struct eval_opts {
     int grid_targets;
     int n_windows;
     int windows[MAX_GRID];
+    int n_lags;
+    float lags[MAX_GRID];   /* delta.lag values (default: the run's) */
 } eval_opts;
 
 typedef struct eval_result {
@@ -229,7 +231,7 @@ static void print_ppl(const eval_opts *o, const dl_delta_params *dp, const eval_
     dl_delta_stage_stats all = both_stages(r);
     if (o->json) {
         printf("{\"ctx\":%d,\"stride\":%d,\"windows\":%d,\"scored\":%.0f,\"theta\":%g,"
-               "\"sparsity_target\":%g,\"window\":%d,\"sink\":%d,"
+               "\"sparsity_target\":%g,\"window\":%d,\"sink\":%d,\"lag\":%g,"
                "\"ppl_dense\":%.6f,\"ppl_delta\":%.6f,\"ppl_rel_change\":%.6f,"
                "\"kl_mean\":%.6g,\"top1_agreement\":%.6f,"
                "\"attention_sparsity\":%.6f,\"element_sparsity\":%.6f,\"qk_work_skipped\":%.6f,"
@@ -237,7 +239,7 @@ static void print_ppl(const eval_opts *o, const dl_delta_params *dp, const eval_
                "\"k_cache_bytes\":%.0f,\"k_cache_dense_bytes\":%.0f,\"v_cache_bytes\":%.0f,"
                "\"score_autocorrelation\":%.6f,\"layers\":[",
                o->ctx, o->stride, r->n_windows, r->n_scored, dp->theta, dp->sparsity_target,
-               dp->window, dp->sink, pd, pq, pq / pd - 1, r->kl / r->n_scored,
+               dp->window, dp->sink, dp->lag, pd, pq, pq / pd - 1, r->kl / r->n_scored,
                r->top1 / r->n_scored, dl_delta_attention_sparsity(&all),
                dl_delta_element_sparsity(&all), dl_delta_qk_skipped(&all),
                dl_delta_attention_sparsity(&r->st[0]), dl_delta_attention_sparsity(&r->st[1]),
@@ -302,8 +304,9 @@ static void print_sweep_row(const eval_opts *o, const dl_delta_params *dp, const
         snprintf(knob, sizeof knob, "target %.2f", dp->sparsity_target);
     else
         snprintf(knob, sizeof knob, "theta %.3f", dp->theta);
-    printf("| %-12s | %6d | %6.1f%% | %6.1f%% | %6.1f%% | %6.1f%% | %6.1f%% | %+7.3f%% | %9.3g | "
-           "%6.2f%% | %6.1f%% |\n", knob, dp->window, 100 * dl_delta_element_sparsity(&all),
+    printf("| %-12s | %6d | %4.2f | %6.1f%% | %6.1f%% | %6.1f%% | %6.1f%% | %6.1f%% | %+7.3f%% | "
+           "%9.3g | %6.2f%% | %6.1f%% |\n", knob, dp->window, dp->lag,
+           100 * dl_delta_element_sparsity(&all),
            100 * dl_delta_attention_sparsity(&r->st[0]), 100 * dl_delta_attention_sparsity(&all),
            100 * dl_delta_qk_skipped(&all), 100 * r->k_bytes / r->k_dense_bytes,
            100 * (pq / pd - 1), r->kl / r->n_scored, 100 * r->top1 / r->n_scored,
@@ -349,14 +352,15 @@ static int run_ppl(evaluator *e)
         free(r.kch);
     } else {
         if (!o->json)
-            printf("| %-12s | window | elem sp | attn sp prefill | attn sp both | QK skipped | "
-                   "K bytes | dPPL | KL | top-1 | K+V bytes |\n|---|---|---|---|---|---|---|---|"
-                   "---|---|---|\n", "setting");
+            printf("| %-12s | window | lag | elem sp | attn sp prefill | attn sp both | "
+                   "QK skipped | K bytes | dPPL | KL | top-1 | K+V bytes |\n|---|---|---|---|---|"
+                   "---|---|---|---|---|---|---|\n", "setting");
         for (int g = 0; g < o->n_grid && !rc; g++)
-            for (int wi = 0; wi < o->n_windows && !rc; wi++) {
+            for (int wi = 0; wi < o->n_windows * o->n_lags && !rc; wi++) {
                 dl_delta_params dp = o->run.delta;
                 dp.enabled = 1;
-                dp.window = o->windows[wi];
+                dp.window = o->windows[wi / o->n_lags];
+                dp.lag = o->lags[wi % o->n_lags];
                 if (o->grid_targets)
                     dp.sparsity_target = o->grid[g];
                 else {
@@ -734,8 +738,8 @@ static int parse(eval_opts *o, int argc, char **argv)
                    "  --task T                hellaswag | piqa | obqa | lambada\n"
                    "  --labels FILE           PIQA labels file\n"
                    "  --limit N               task items (default 200)\n"
-                   "  --sweep                 grid of --thetas (or --targets) x --windows\n"
-                   "  --thetas a,b,..         --targets a,b,..   --windows a,b,..\n"
+                   "  --sweep                 grid of --thetas (or --targets) x --windows x --lags\n"
+                   "  --thetas a,b,..         --targets a,b,..   --windows a,b,..   --lags a,b,..\n"
                    "  --json                  one JSON object per result\n%s",
                    dl_run_opts_help);
             return 0;
@@ -780,6 +784,11 @@ static int parse(eval_opts *o, int argc, char **argv)
             }
             for (int k = 0; k < o->n_windows; k++)
                 o->windows[k] = (int)wins[k];
+        } else if (!strcmp(a, "--lags")) {
+            if (!val || parse_list(val, o->lags, &o->n_lags, 0, 1)) {
+                fprintf(stderr, "deltallm eval: --lags needs a list of numbers in [0, 1]\n");
+                return 2;
+            }
         } else {
             fprintf(stderr, "deltallm eval: unknown option '%s'\n", a);
             return 2;
@@ -804,6 +813,10 @@ static int parse(eval_opts *o, int argc, char **argv)
         static const float th[] = {0.05f, 0.1f, 0.2f, 0.3f, 0.5f};
         memcpy(o->grid, th, sizeof th);
         o->n_grid = 5;
+    }
+    if (!o->n_lags) {
+        o->lags[0] = o->run.delta.lag;
+        o->n_lags = 1;
     }
     if (o->sweep && !o->n_windows) {
         o->windows[0] = 8, o->windows[1] = 16, o->windows[2] = 32;

@@ -47,7 +47,8 @@ const char *const dl_run_opts_help =
     "  --delta-sink N          first N positions always exact\n"
     "  --delta-stages S        prefill | decode | both\n"
     "  --delta-prefill-mode M  sliding | block\n"
-    "  --delta-block-frac F    block mode window as a fraction of the prompt\n";
+    "  --delta-block-frac F    block mode window as a fraction of the prompt\n"
+    "  --delta-lag F           a stored key element stops F * theta short of the key, [0,1]\n";
 
 void dl_run_opts_default(dl_run_opts *o)
 {
@@ -130,6 +131,10 @@ int dl_run_opts_parse(dl_run_opts *o, int argc, char **argv, int *i)
         if (dl_cli_float(a, val, 1e-6, 1, &d))
             return -1;
         o->delta.block_frac = (float)d;
+    } else if (IS("--delta-lag")) {
+        if (dl_cli_float(a, val, 0, 1, &d))
+            return -1;
+        o->delta.lag = (float)d;
     } else {
         return 0;
     }
