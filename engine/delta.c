@@ -646,13 +646,18 @@ static void close_block(const dl_delta_cache *c, dl__dhead *h, int b)
     h->scnt = 0;
 }
 
-/* The change stored for an element that passes the threshold (|δ| w > θ, so w > 0): δ
- * less lag * θ / w, towards the old reference (see the top of this file). The vector
- * encoders compute the same expression in the same order, so all agree bit for bit. */
-static inline float lagged(float delta, float theta, float w, float lag)
+/* pw[e] = lag * θ / w_e: how far short of the key a stored element's reference stops (see
+ * the top of this file); 0 where w_e = 0 (never stored). Once per call and KV head, for
+ * the scalar loops and the vector encoders alike, so all agree bit for bit. */
+static void lag_pulls(float theta, const float *w, float lag, int d, float *pw)
 {
-    return delta - copysignf(lag * (theta / w), delta);
+    for (int e = 0; e < d; e++)
+        pw[e] = w[e] > 0 ? lag * (theta / w[e]) : 0.0f;
 }
+
+/* The change stored for an element that passes the threshold: δ less its pull, towards
+ * the old reference. */
+static inline float lagged(float delta, float pw) { return delta - copysignf(pw, delta); }
 
 /* Append n keys (row stride ks) at positions p0.. of one head store; returns the number
  * of elements left zero. */
@@ -662,6 +667,8 @@ static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *
     int d = c->d, mb = c->mb;
     const dl__dops *ops = dl__delta_ops(d);
     uint64_t zeros = 0;
+    float pw[DL__DMAX];
+    lag_pulls(theta, w, c->p.lag, d, pw);
     for (int a = 0; a < n; a++) {
         int t = p0 + a, j = t % DL__DBLK;
         const float *kt = k + (size_t)a * ks;
@@ -670,13 +677,13 @@ static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *
         memset(m, 0, (size_t)mb);
         int stored = 0;
         if (c->vb == 1 && t > 0 && ops->encode8) /* vectorised, the same bits */
-            stored = ops->encode8(kt, d, h->ref, w, theta, c->p.lag, m, v);
+            stored = ops->encode8(kt, d, h->ref, w, theta, pw, m, v);
         else
             for (int e = 0; e < d; e++) {
                 float delta = kt[e] - h->ref[e];
                 if (t == 0 || fabsf(delta) * w[e] > theta) { /* the first key is kept whole */
                     if (t > 0)
-                        delta = lagged(delta, theta, w[e], c->p.lag);
+                        delta = lagged(delta, pw[e]);
                     if (c->vb == 1) { /* the E4M3 value is exact as a float and as an fp16 */
                         float r = e4m3_round(delta);
                         h->ref[e] += r;
@@ -708,20 +715,21 @@ static uint64_t simulate_zeros(const dl_delta_cache *c, int layer, const float *
     const dl__dops *ops = dl__delta_ops(d);
     uint64_t zeros = 0;
     for (int g = g0; g < g1; g++) {
-        float r[DL__DMAX];
+        float r[DL__DMAX], pw[DL__DMAX];
         const float *w = c->qw + ((size_t)layer * c->n_kv + g) * d;
         memcpy(r, c->heads[layer * c->n_kv + g].ref, (size_t)d * sizeof(float));
+        lag_pulls(theta, w, c->p.lag, d, pw);
         for (int a = 0; a < n; a++) {
             const float *kt = k + (size_t)a * ks + (size_t)g * d;
             if (c->vb == 1 && c->len + a > 0 && ops->sim_zeros) { /* the rest, vectorised */
-                zeros += ops->sim_zeros(kt, (size_t)ks, n - a, d, r, w, theta, c->p.lag);
+                zeros += ops->sim_zeros(kt, (size_t)ks, n - a, d, r, w, theta, pw);
                 break;
             }
             if (c->vb == 1 && c->len + a > 0) { /* the common case, without fp16 calls */
                 for (int e = 0; e < d; e++) {
                     float delta = kt[e] - r[e];
                     int keep = fabsf(delta) * w[e] > theta;
-                    r[e] += keep ? e4m3_round(lagged(delta, theta, w[e], c->p.lag)) : 0.0f;
+                    r[e] += keep ? e4m3_round(lagged(delta, pw[e])) : 0.0f;
                     zeros += (uint64_t)!keep;
                 }
                 continue;
@@ -731,7 +739,7 @@ static uint64_t simulate_zeros(const dl_delta_cache *c, int layer, const float *
                 if (c->len + a == 0)
                     r[e] += dl_fp16_to_f32(delta_round(delta, c->vb));
                 else if (fabsf(delta) * w[e] > theta)
-                    r[e] += dl_fp16_to_f32(delta_round(lagged(delta, theta, w[e], c->p.lag), c->vb));
+                    r[e] += dl_fp16_to_f32(delta_round(lagged(delta, pw[e]), c->vb));
                 else
                     zeros++;
             }

@@ -937,14 +937,6 @@ AI __m256 e4m3_round8(__m256 delta)
     return _mm256_or_ps(m, _mm256_andnot_ps(_mm256_castsi256_ps(absm), delta));
 }
 
-/* lag * (theta / w) per lane, 0 where w is 0 (see delta_avx512.c's pull16). */
-AI __m256 pull8(__m256 w, __m256 th, float lag)
-{
-    __m256 pos = _mm256_cmp_ps(w, _mm256_setzero_ps(), _CMP_GT_OQ);
-    __m256 q = _mm256_div_ps(th, _mm256_blendv_ps(_mm256_set1_ps(1.0f), w, pos));
-    return _mm256_and_ps(pos, _mm256_mul_ps(_mm256_set1_ps(lag), q));
-}
-
 /* One 8-element step of the 8-bit closed-loop encoder (see delta_avx512.c's enc_step16):
  * returns the stored lanes as a mask vector, and in *rv the E4M3-rounded lagged deltas. */
 AI __m256 enc_step8(__m256 k, __m256 r, __m256 w, __m256 th, __m256 pw, __m256 *rv)
@@ -957,7 +949,7 @@ AI __m256 enc_step8(__m256 k, __m256 r, __m256 w, __m256 th, __m256 pw, __m256 *
 }
 
 static uint64_t sim_zeros_avx2(const float *k, size_t ks, int n, int d, float *r,
-                               const float *w, float theta, float lag)
+                               const float *w, float theta, const float *pv)
 {
     __m256 th = _mm256_set1_ps(theta);
     uint64_t kept = 0;
@@ -967,7 +959,7 @@ static uint64_t sim_zeros_avx2(const float *k, size_t ks, int n, int d, float *r
         for (int j = 0; j < nv; j++) {
             rr[j] = _mm256_loadu_ps(r + c0 + 8 * j);
             ww[j] = _mm256_loadu_ps(w + c0 + 8 * j);
-            pw[j] = pull8(ww[j], th, lag);
+            pw[j] = _mm256_loadu_ps(pv + c0 + 8 * j);
         }
         for (int a = 0; a < n; a++) {
             const float *kt = k + (size_t)a * ks + c0;
@@ -985,13 +977,14 @@ static uint64_t sim_zeros_avx2(const float *k, size_t ks, int n, int d, float *r
 }
 
 static int encode8_avx2(const float *k, int d, float *r, const float *w, float theta,
-                        float lag, uint8_t *mask, dl_fp16 *val)
+                        const float *pw, uint8_t *mask, dl_fp16 *val)
 {
     __m256 th = _mm256_set1_ps(theta);
     int n = 0;
     for (int c = 0; c < d; c += 8) {
-        __m256 rr = _mm256_loadu_ps(r + c), rv, wc = _mm256_loadu_ps(w + c);
-        __m256 keep = enc_step8(_mm256_loadu_ps(k + c), rr, wc, th, pull8(wc, th, lag), &rv);
+        __m256 rr = _mm256_loadu_ps(r + c), rv;
+        __m256 keep = enc_step8(_mm256_loadu_ps(k + c), rr, _mm256_loadu_ps(w + c), th,
+                                _mm256_loadu_ps(pw + c), &rv);
         _mm256_storeu_ps(r + c, _mm256_add_ps(rr, _mm256_and_ps(keep, rv)));
         unsigned bits = (unsigned)_mm256_movemask_ps(keep);
         uint16_t h[8];

@@ -1337,14 +1337,6 @@ AI __m512 e4m3_round16(__m512 delta)
                                                _mm512_andnot_si512(absm, _mm512_castps_si512(delta))));
 }
 
-/* lag * (theta / w) per lane (0 where w is 0: those lanes are never stored), as delta.c's
- * lagged() computes it. */
-AI __m512 pull16(__m512 w, __m512 th, float lag)
-{
-    __mmask16 pos = _mm512_cmp_ps_mask(w, _mm512_setzero_ps(), _CMP_GT_OQ);
-    return _mm512_mul_ps(_mm512_set1_ps(lag), _mm512_maskz_div_ps(pos, th, w));
-}
-
 /* One 16-element step of the 8-bit closed-loop encoder (delta.c's encode_head): the
  * elements with |k - r| * w > theta are stored; returns them, and in *rv their E4M3-rounded
  * lagged deltas, δ - copysign(pw, δ) (the reference advances by rv where stored). */
@@ -1363,7 +1355,7 @@ AI __mmask16 enc_step16(__m512 k, __m512 r, __m512 w, __m512 th, __m512 pw, __m5
 /* Up to 4 vectors of channels per pass so that their dependency chains (each position's
  * reference depends on the previous one) overlap. */
 static uint64_t sim_zeros_avx512(const float *k, size_t ks, int n, int d, float *r,
-                                 const float *w, float theta, float lag)
+                                 const float *w, float theta, const float *pv)
 {
     __m512 th = _mm512_set1_ps(theta);
     uint64_t kept = 0;
@@ -1373,7 +1365,7 @@ static uint64_t sim_zeros_avx512(const float *k, size_t ks, int n, int d, float 
         for (int j = 0; j < nv; j++) {
             rr[j] = _mm512_loadu_ps(r + c0 + 16 * j);
             ww[j] = _mm512_loadu_ps(w + c0 + 16 * j);
-            pw[j] = pull16(ww[j], th, lag);
+            pw[j] = _mm512_loadu_ps(pv + c0 + 16 * j);
         }
         for (int a = 0; a < n; a++) {
             const float *kt = k + (size_t)a * ks + c0;
@@ -1392,13 +1384,14 @@ static uint64_t sim_zeros_avx512(const float *k, size_t ks, int n, int d, float 
 }
 
 static int encode8_avx512(const float *k, int d, float *r, const float *w, float theta,
-                          float lag, uint8_t *mask, dl_fp16 *val)
+                          const float *pw, uint8_t *mask, dl_fp16 *val)
 {
     __m512 th = _mm512_set1_ps(theta);
     int n = 0;
     for (int c = 0; c < d; c += 16) {
-        __m512 rr = _mm512_loadu_ps(r + c), rv, wc = _mm512_loadu_ps(w + c);
-        __mmask16 keep = enc_step16(_mm512_loadu_ps(k + c), rr, wc, th, pull16(wc, th, lag), &rv);
+        __m512 rr = _mm512_loadu_ps(r + c), rv;
+        __mmask16 keep = enc_step16(_mm512_loadu_ps(k + c), rr, _mm512_loadu_ps(w + c), th,
+                                    _mm512_loadu_ps(pw + c), &rv);
         _mm512_storeu_ps(r + c, _mm512_mask_add_ps(rr, keep, rr, rv));
         /* E4M3 values are exact in fp16; packed to the front under the mask */
         __m512i h = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(rv, _MM_FROUND_TO_NEAREST_INT));

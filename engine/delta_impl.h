@@ -237,15 +237,15 @@ typedef struct dl__dops {
     /* The theta bisection's simulation of the 8-bit closed-loop encoder (delta.c,
      * simulate_zeros), bit for bit: n keys of d elements (row stride ks) against the
      * references r (updated), element e stored when |k - r| * w[e] > theta, r advanced by
-     * the E4M3-rounded lagged delta (delta.c's lagged()). Returns the elements left zero.
-     * NULL: the scalar loop. */
+     * the E4M3-rounded δ - copysign(pw[e], δ) (pw: delta.c's lag_pulls). Returns the
+     * elements left zero. NULL: the scalar loop. */
     uint64_t (*sim_zeros)(const float *k, size_t ks, int n, int d, float *r, const float *w,
-                          float theta, float lag);
+                          float theta, const float *pw);
     /* The same encoder step for one key, storing: sets bit e of mask[d / 8] (zeroed by the
      * caller) and appends the stored E4M3 values as fp16 to val, in element order; r is
      * advanced. Returns the values stored. NULL: the scalar loop. */
-    int (*encode8)(const float *k, int d, float *r, const float *w, float theta, float lag,
-                   uint8_t *mask, dl_fp16 *val);
+    int (*encode8)(const float *k, int d, float *r, const float *w, float theta,
+                   const float *pw, uint8_t *mask, dl_fp16 *val);
     /* For the fused prefill kernel: completed blocks 0 .. nblk-1 of a head decoded into
      * (offset e * rs + lane of Q^T, fp32 value) pairs, key by key: key t's are at
      * [kst[t], kst[t + 1]) (kst[0] = base). off / val need room for the head's stored

@@ -917,7 +917,7 @@ START_TEST(test_theta_same_on_every_isa)
             int d = sdims[di], n = 200;
             if (d % (si ? 16 : 8))
                 continue;
-            float *k = malloc((size_t)n * d * sizeof(float)), r0[80], r1[80], w[80];
+            float *k = malloc((size_t)n * d * sizeof(float)), r0[80], r1[80], w[80], pw[80];
             rng_state = 77 + di;
             for (int i = 0; i < n * d; i++)
                 k[i] = ldexpf(nrand(), (int)(urand() * 22) - 12);
@@ -932,6 +932,8 @@ START_TEST(test_theta_same_on_every_isa)
                 float lag = lags[li];
                 for (float theta = 0; theta < 2; theta += 0.37f) {
                     uint64_t zeros = 0;
+                    for (int e = 0; e < d; e++) /* the kernels take the pulls precomputed */
+                        pw[e] = w[e] > 0 ? lag * (theta / w[e]) : 0;
                     for (int a = 0; a < n; a++)
                         for (int e = 0; e < d; e++) {
                             float delta = k[(size_t)a * d + e] - r0[e];
@@ -940,15 +942,17 @@ START_TEST(test_theta_same_on_every_isa)
                             else
                                 zeros++;
                         }
-                    ck_assert_uint_eq(simd[si]->sim_zeros(k, (size_t)d, n, d, r1, w, theta, lag),
+                    ck_assert_uint_eq(simd[si]->sim_zeros(k, (size_t)d, n, d, r1, w, theta, pw),
                                       zeros);
                     for (int e = 0; e < d; e++)
                         ck_assert_msg(r1[e] == r0[e], "sim %d d %d lag %g e %d: %.9g vs %.9g", si,
                                       d, lag, e, r1[e], r0[e]);
                 }
                 /* one key at a time, storing: mask, values and references as the spec's loop */
-                for (int e = 0; e < d; e++)
+                for (int e = 0; e < d; e++) {
                     r0[e] = r1[e] = nrand();
+                    pw[e] = w[e] > 0 ? lag * (0.3f / w[e]) : 0;
+                }
                 for (int a = 0; a < n; a++) {
                     const float *kt = k + (size_t)a * d;
                     uint8_t m0[10] = { 0 }, m1[10] = { 0 };
@@ -963,7 +967,7 @@ START_TEST(test_theta_same_on_every_isa)
                             m0[e / 8] |= (uint8_t)(1u << (e % 8));
                         }
                     }
-                    ck_assert_int_eq(simd[si]->encode8(kt, d, r1, w, 0.3f, lag, m1, v1), n0);
+                    ck_assert_int_eq(simd[si]->encode8(kt, d, r1, w, 0.3f, pw, m1, v1), n0);
                     ck_assert(!memcmp(m0, m1, sizeof m0) && !memcmp(v0, v1, (size_t)n0 * sizeof *v0));
                     for (int e = 0; e < d; e++)
                         ck_assert(r1[e] == r0[e]);
@@ -972,12 +976,13 @@ START_TEST(test_theta_same_on_every_isa)
             /* exact ties between two E4M3 values go to the even one, in both ranges */
             for (int i = 0; i < d; i++) {
                 int m = i % 8;
+                pw[i] = 0;
                 k[i] = i % 2 ? (1.0f + (2 * m + 1) / 16.0f) * ldexpf(1, i % 7 - 3)
                              : ldexpf(2 * m + 1, -10) * (i % 4 ? 1 : -1);
                 r1[i] = 0;
                 w[i] = 1;
             }
-            ck_assert_uint_eq(simd[si]->sim_zeros(k, (size_t)d, 1, d, r1, w, -1.0f, 0), 0);
+            ck_assert_uint_eq(simd[si]->sim_zeros(k, (size_t)d, 1, d, r1, w, -1.0f, pw), 0);
             for (int e = 0; e < d; e++)
                 ck_assert_msg(r1[e] == r8(k[e]), "tie d %d e %d: %.9g vs %.9g", d, e, r1[e], r8(k[e]));
             free(k);

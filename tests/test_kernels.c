@@ -379,29 +379,22 @@ START_TEST(test_prepare_leaves_others)
     }
     free(owned);
     tw_free(&t);
-    /* Q4_K: two 16-row groups of 2 super-blocks, DL__KP_BLOCK bytes each, not on AVX2 */
-    tw_make(&t, DL_TYPE_Q4_K, 17, 512);
-    dl_isa_force(DL_ISA_AVX2);
-    ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 0);
-    dl_isa_force(DL_ISA_AVX512);
-    if (dl_isa_active() == DL_ISA_AVX512)
-        ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 2 * 2 * 2368);
-    tw_free(&t);
-    tw_make(&t, DL_TYPE_Q6_K, 17, 512); /* the same for Q6_K */
-    dl_isa_force(DL_ISA_AVX2);
-    ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 0);
-    dl_isa_force(DL_ISA_AVX512);
-    if (dl_isa_active() == DL_ISA_AVX512)
-        ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 2 * 2 * 3392);
-    tw_free(&t);
-    /* F16: two 16-row groups of 37 columns x 16 rows x 2 bytes, not on AVX2 */
-    tw_make(&t, DL_TYPE_F16, 17, 37);
-    dl_isa_force(DL_ISA_AVX2);
-    ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 0);
-    dl_isa_force(DL_ISA_AVX512);
-    if (dl_isa_active() == DL_ISA_AVX512)
-        ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 2 * 37 * 32);
-    tw_free(&t);
+    /* Packed only for AVX-512, 17 rows = two 16-row groups: Q4_K / Q6_K of 2 super-blocks,
+     * DL__KP_BLOCK / DL__K6_BLOCK bytes each; F16 of 37 columns x 16 rows x 2 bytes */
+    static const struct { uint32_t type; int cols; size_t bytes; } packed[] = {
+        { DL_TYPE_Q4_K, 512, 2 * 2 * 2368 },
+        { DL_TYPE_Q6_K, 512, 2 * 2 * 3392 },
+        { DL_TYPE_F16, 37, 2 * 37 * 32 },
+    };
+    for (size_t i = 0; i < sizeof packed / sizeof packed[0]; i++) {
+        tw_make(&t, packed[i].type, 17, packed[i].cols);
+        dl_isa_force(DL_ISA_AVX2);
+        ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), 0);
+        dl_isa_force(DL_ISA_AVX512);
+        if (dl_isa_active() == DL_ISA_AVX512)
+            ck_assert_uint_eq(dl_weight_prepared_bytes(&t.w), packed[i].bytes);
+        tw_free(&t);
+    }
 }
 END_TEST
 
