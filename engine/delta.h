@@ -16,6 +16,8 @@
 enum dl_delta_stage { DL_STAGE_PREFILL = 1, DL_STAGE_DECODE = 2, DL_STAGE_BOTH = 3 };
 enum dl_prefill_mode { DL_PREFILL_SLIDING = 0, DL_PREFILL_BLOCK = 1 };
 
+#define DL_DELTA_MAX_LAYER_OFFSETS 256 /* most layers a layer_offsets profile can name */
+
 /* The per-sequence knobs. */
 typedef struct dl_delta_params {
     int enabled;           /* 0: dense attention */
@@ -23,6 +25,8 @@ typedef struct dl_delta_params {
     float sparsity_target; /* in [0, 1): choose theta per layer to hit this element
                               sparsity; < 0 means "use theta" */
     int32_t window;        /* w: exact keys of the last w positions (>= 1) */
+    int32_t prefill_window; /* sliding prefill: exact keys of the last positions for the
+                               queries of a multi-token call (>= 0; 0 means `window`) */
     int32_t sink;          /* first `sink` positions always exact (>= 0) */
     int stages;            /* enum dl_delta_stage */
     int prefill_mode;      /* enum dl_prefill_mode */
@@ -30,9 +34,16 @@ typedef struct dl_delta_params {
     float lag;             /* where a stored element leaves the reference: lag * theta / w_e
                               short of the key, towards the old reference, [0, 1]; 0 is the
                               spec's r = k (see delta.c) */
+    int n_layer_offsets;   /* 0, or the model's layer count: sparsity_target + offset l is
+                              layer l's target (clamped to [0, 0.99]); see delta.c */
+    float layer_offsets[DL_DELTA_MAX_LAYER_OFFSETS]; /* each in [-1, 1] */
     int value_bits;        /* stored deltas: 8 (E4M3; 0 means 8) or 16 (fp16). Either way
                               fp16 when every element is kept (theta 0 / target 0) */
 } dl_delta_params;
+
+/* Parse "a,b,c" (per-layer target offsets, each in [-1, 1]; "" or "none" clears them)
+ * into p->layer_offsets / n_layer_offsets. 0, or -EINVAL with a message in err. */
+int dl_delta_parse_offsets(const char *s, dl_delta_params *p, char *err, size_t errlen);
 
 /* Defaults used by the CLI and daemon; see README for how they were chosen. */
 void dl_delta_params_default(dl_delta_params *p);

@@ -77,6 +77,7 @@ static int run(const dl_delta_bench_config *cfg, bench_buf *b, dl_pool *pool,
     dl_delta_params dp;
     dl_delta_params_default(&dp);
     dp.window = cfg->window;
+    dp.prefill_window = 0; /* the bench's window, in prefill too */
     dp.sink = cfg->sink;
     dp.sparsity_target = cfg->sparsity_target;
 

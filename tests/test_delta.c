@@ -121,7 +121,9 @@ static int oracle_lo(const dl_delta_params *dp, int on, int is_prefill, int p0, 
         int b = (int)lroundf((float)n * dp->block_frac);
         b = b < 1 ? 1 : b;
         lo = p0 + (long)((i - p0) / b) * b;
-    } else
+    } else if (is_prefill && dp->prefill_window > 0)
+        lo = i - dp->prefill_window + 1;
+    else
         lo = i - dp->window + 1;
     return lo <= dp->sink ? 0 : (int)lo;
 }
@@ -308,6 +310,37 @@ START_TEST(test_params)
     ck_assert_ptr_nonnull(strstr(err, "delta.enabled"));
     q = p, q.sparsity_target = 0.5f;
     ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), 0);
+    q = p, q.prefill_window = -1;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "delta.prefill_window"));
+    q = p, q.prefill_window = 0;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), 0);
+    /* layer offsets: parsed from "a,b,c", each in [-1, 1], one per layer at create */
+    q = p;
+    ck_assert_int_eq(dl_delta_parse_offsets("0.1, -0.2,0", &q, err, sizeof err), 0);
+    ck_assert_int_eq(q.n_layer_offsets, 3);
+    ck_assert(q.layer_offsets[1] == -0.2f);
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), 0);
+    ck_assert_ptr_null(dl_delta_cache_create(2, 1, 16, 8, &q, err, sizeof err));
+    ck_assert_ptr_nonnull(strstr(err, "delta.layer_offsets has 3 values but the model has 2"));
+    dl_delta_cache *c3 = dl_delta_cache_create(3, 1, 16, 8, &q, err, sizeof err);
+    ck_assert_ptr_nonnull(c3);
+    dl_delta_cache_free(c3);
+    static const char *const bad[] = { "0.1,", "x", "0.1;0.2", "1.5", "-2", "nan", "0.1,,0" };
+    for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++) {
+        dl_delta_params r = p;
+        ck_assert_msg(dl_delta_parse_offsets(bad[b], &r, err, sizeof err) == -EINVAL, "%s",
+                      bad[b]);
+        ck_assert_ptr_nonnull(strstr(err, "delta.layer_offsets"));
+        ck_assert_int_eq(r.n_layer_offsets, 0);
+    }
+    ck_assert_int_eq(dl_delta_parse_offsets("none", &q, err, sizeof err), 0);
+    ck_assert_int_eq(q.n_layer_offsets, 0);
+    q = p, q.n_layer_offsets = 2, q.layer_offsets[0] = 0, q.layer_offsets[1] = 1.01f;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
+    ck_assert_ptr_nonnull(strstr(err, "delta.layer_offsets"));
+    q = p, q.n_layer_offsets = DL_DELTA_MAX_LAYER_OFFSETS + 1;
+    ck_assert_int_eq(dl_delta_params_check(&q, err, sizeof err), -EINVAL);
     /* create refuses bad knobs with the same message */
     q = p, q.window = 0;
     ck_assert_ptr_null(dl_delta_cache_create(1, 1, 16, 8, &q, err, sizeof err));
@@ -333,10 +366,12 @@ START_TEST(test_stats_arith)
 END_TEST
 
 /* Acceptance 1: oracle, sliding prefill + decode, windows from 1 to beyond the context,
- * several sinks, GQA ratios and lags; on every ISA. */
+ * prefill windows (0 = the window, smaller, larger), several sinks, GQA ratios and lags;
+ * on every ISA. */
 START_TEST(test_oracle_sliding)
 {
     static const int windows[] = { 1, 3, 16, 200 };
+    static const int pwins[] = { 0, 1, 4, 23 };
     static const int sinks[] = { 0, 1, 5 };
     static const int groups[] = { 1, 4 };
     for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
@@ -352,11 +387,13 @@ START_TEST(test_oracle_sliding)
                     dp.sparsity_target = -1; /* these tests give theta */
                     dp.theta = 0.2f;
                     dp.window = windows[wi];
+                    dp.prefill_window = pwins[(wi + si + gi) % 4];
                     dp.sink = sinks[si];
                     dp.lag = (float)((wi + si) % 3) * 0.5f; /* 0 (the spec's rule), 0.5, 1 */
                     double e = run_prefill_decode(&p, &dp, 40, 20);
-                    ck_assert_msg(e < 2e-4, "isa %d G %d w %d sink %d lag %g: err %g", isas[ii],
-                                  groups[gi], windows[wi], sinks[si], dp.lag, e);
+                    ck_assert_msg(e < 2e-4, "isa %d G %d w %d pw %d sink %d lag %g: err %g",
+                                  isas[ii], groups[gi], windows[wi], dp.prefill_window,
+                                  sinks[si], dp.lag, e);
                 }
             prob_free(&p);
         }
@@ -390,11 +427,17 @@ START_TEST(test_oracle_modes)
         int chunks[] = { 50, 37, 33, 1, 1, 1, 1, 1 };
         e = run_case(&p, &dp, chunks, 8, 3, 0, pool);
         ck_assert_msg(e < 2e-4, "block chunked: %g", e);
-        /* sliding chunked, with decode of several tokens per call */
+        /* sliding chunked, with decode of several tokens per call; prefill windows smaller
+         * and larger than the decode window (the larger one reads earlier chunks' exact keys
+         * from the ring, which must hold them) */
         dp.prefill_mode = DL_PREFILL_SLIDING;
         int chunks2[] = { 17, 64, 39, 3, 5, 1, 1 };
-        e = run_case(&p, &dp, chunks2, 7, 3, 0, pool);
-        ck_assert_msg(e < 2e-4, "sliding chunked: %g", e);
+        static const int pws[] = { 0, 3, 30 };
+        for (int pi = 0; pi < 3; pi++) {
+            dp.prefill_window = pws[pi];
+            e = run_case(&p, &dp, chunks2, 7, 3, 0, pool);
+            ck_assert_msg(e < 2e-4, "sliding chunked, prefill window %d: %g", pws[pi], e);
+        }
         /* stage knobs: delta only in decode (prefill exact), only in prefill */
         dp.stages = DL_STAGE_DECODE;
         e = run_case(&p, &dp, chunks2, 7, 3, 0, pool);
@@ -770,6 +813,37 @@ START_TEST(test_bytes_and_target)
     ck_assert(dl_delta_cache_bytes(c) >= st->k_cache_bytes + st->v_cache_bytes);
     free(out);
     dl_delta_cache_free(c);
+    prob_free(&p);
+}
+END_TEST
+
+/* layer_offsets: each layer's element sparsity lands on target + its offset (clamped to
+ * [0, 0.99]), and the layers without a profile all land on the target. */
+START_TEST(test_layer_targets)
+{
+    prob p;
+    int d = 32, n_kv = 2, G = 2, nh = n_kv * G, T = 512, L = 3;
+    prob_make(&p, L, n_kv, G, d, T, 0.1f, 21);
+    dl_delta_params dp;
+    dl_delta_params_default(&dp);
+    dp.sparsity_target = 0.5f;
+    char err[128];
+    ck_assert_int_eq(dl_delta_parse_offsets("-0.3,0.25,0.7", &dp, err, sizeof err), 0);
+    static const double want[] = { 0.2, 0.75, 0.99 };
+    dl_delta_cache *c = dl_delta_cache_create(L, n_kv, d, T, &dp, err, sizeof err);
+    ck_assert_msg(c != NULL, "%s", err);
+    float *out = malloc((size_t)T * nh * d * sizeof(float));
+    for (int l = 0; l < L; l++)
+        ck_assert_int_eq(dl_delta_attention(c, NULL, NULL, l, nh, pq(&p, l, 0), pk(&p, l, 0),
+                                            pv(&p, l, 0), T, 1, out), 0);
+    for (int l = 0; l < L; l++) {
+        double sp = dl_delta_element_sparsity(&dl_delta_cache_layer_stats(c, l)[0]);
+        ck_assert_msg(fabs(sp - want[l]) < 0.02, "layer %d: sparsity %g, want %g", l, sp,
+                      want[l]);
+    }
+    ck_assert(dl_delta_cache_theta(c, 0) < dl_delta_cache_theta(c, 1));
+    dl_delta_cache_free(c);
+    free(out);
     prob_free(&p);
 }
 END_TEST
@@ -1265,6 +1339,7 @@ static Suite *delta_suite(void)
     tcase_add_test(tc, test_e4m3_widen);
     tcase_add_test(tc, test_shared_scratch);
     tcase_add_test(tc, test_bytes_and_target);
+    tcase_add_test(tc, test_layer_targets);
     tcase_add_test(tc, test_theta_same_on_every_isa);
     tcase_add_test(tc, test_layer_stats);
     tcase_add_test(tc, test_short_last_tile);

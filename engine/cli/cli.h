@@ -27,6 +27,7 @@ typedef struct dl_run_opts {
     int ctx;      /* 0: the model's training context, capped at 4096 */
     int batch;    /* prompt tokens per forward call */
     dl_delta_params delta;
+    int prefill_window_set; /* --delta-prefill-window was given */
 } dl_run_opts;
 
 void dl_run_opts_default(dl_run_opts *o);

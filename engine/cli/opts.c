@@ -44,6 +44,9 @@ const char *const dl_run_opts_help =
     "  --delta-theta T         delta threshold in key units\n"
     "  --delta-target S        target element sparsity in [0,1) (picks theta per layer)\n"
     "  --delta-window W        exact keys kept per query (window)\n"
+    "  --delta-prefill-window W  exact keys per query in a sliding prefill (0: = window)\n"
+    "  --delta-layer-offsets a,b,..  per-layer additions to the target (deltallm eval\n"
+    "                          --calibrate prints them; one per layer)\n"
     "  --delta-sink N          first N positions always exact\n"
     "  --delta-stages S        prefill | decode | both\n"
     "  --delta-prefill-mode M  sliding | block\n"
@@ -103,6 +106,17 @@ int dl_run_opts_parse(dl_run_opts *o, int argc, char **argv, int *i)
         if (dl_cli_int(a, val, 1, 1 << 20, &l))
             return -1;
         o->delta.window = (int32_t)l;
+    } else if (IS("--delta-prefill-window")) {
+        if (dl_cli_int(a, val, 0, 1 << 20, &l))
+            return -1;
+        o->delta.prefill_window = (int32_t)l;
+        o->prefill_window_set = 1;
+    } else if (IS("--delta-layer-offsets")) {
+        char err[160];
+        if (dl_delta_parse_offsets(val ? val : "", &o->delta, err, sizeof err)) {
+            fprintf(stderr, "deltallm: --delta-layer-offsets: %s\n", err);
+            return -1;
+        }
     } else if (IS("--delta-sink")) {
         if (dl_cli_int(a, val, 0, 1 << 20, &l))
             return -1;
