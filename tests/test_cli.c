@@ -158,6 +158,48 @@ START_TEST(eval_theta_zero_is_dense)
 }
 END_TEST
 
+/* --calibrate: one offset per layer (stories260K: 5), in the tried range, summing to zero
+ * so the mean target stays; the run with them reports them. Also --skip-windows. */
+START_TEST(eval_calibrate_prints_offsets)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s eval -m %s -f %s --ctx 64 --skip-windows 5 --max-windows 2 "
+             "--calibrate --delta-target 0.5 --calib-step 0.1 2>&1", cli(),
+             dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf"),
+             dl_test_shared("data/tinystories_val.txt"));
+    int st;
+    char *out = run(cmd, &st);
+    ck_assert_msg(st == 0, "%s", out);
+    ck_assert_msg(strstr(out, "2 windows from window 5"), "%s", out);
+    const char *p = strstr(out, "--delta-layer-offsets ");
+    ck_assert_msg(p != NULL, "%s", out);
+    p += strlen("--delta-layer-offsets ");
+    double sum = 0;
+    int n = 0;
+    for (;;) {
+        char *end;
+        double v = strtod(p, &end);
+        ck_assert_msg(end != p && v >= -0.2 - 1e-6 && v <= 0.2 + 1e-6, "offset %d in %s", n, out);
+        sum += v;
+        n++;
+        if (*end != ',')
+            break;
+        p = end + 1;
+    }
+    ck_assert_int_eq(n, 5);
+    ck_assert_msg(fabs(sum) < 1e-5, "offsets sum to %g", sum);
+    ck_assert_msg(strstr(out, "with them, over the same windows:\nwindows 2 "), "%s", out);
+    free(out);
+    /* refused without a target */
+    snprintf(cmd, sizeof cmd, "%s eval -m %s -f %s --calibrate --delta-theta 0.3 2>&1", cli(),
+             dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf"),
+             dl_test_shared("data/tinystories_val.txt"));
+    out = run(cmd, &st);
+    ck_assert_msg(st != 0 && strstr(out, "--calibrate needs a sparsity target"), "%s", out);
+    free(out);
+}
+END_TEST
+
 START_TEST(eval_sweep_prints_rows)
 {
     char cmd[4096];
@@ -215,6 +257,7 @@ int main(void)
     tcase_add_test(tc, usage_errors_exit_2);
     tcase_add_test(tc, eval_theta_zero_is_dense);
     tcase_add_test(tc, eval_sweep_prints_rows);
+    tcase_add_test(tc, eval_calibrate_prints_offsets);
     tcase_add_test(tc, bench_json_has_the_figures);
     suite_add_tcase(s, tc);
     return dl_test_run(s);

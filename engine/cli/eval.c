@@ -9,7 +9,10 @@
  *     their top-1 tokens agree.
  *   --task hellaswag|piqa|obqa|lambada: multiple choice scored by the sum of the endings'
  *     log-probabilities (LAMBADA: greedy last-word accuracy), dense and delta.
- *   --sweep: the perplexity run over a grid of theta (or sparsity targets) x windows.
+ *   --sweep: the perplexity run over a grid of theta (or sparsity targets) x windows x
+ *     prefill windows x lags.
+ *   --calibrate: per-layer target offsets (delta.layer_offsets) for a sparsity target — see
+ *     calibrate() below.
  */
 #include <ctype.h>
 #include <math.h>
@@ -33,6 +36,10 @@ typedef struct eval_opts {
     int stride;
     double decode_frac;
     int max_windows;
+    int skip_windows;       /* windows left out at the start of the file */
+    int calibrate;
+    float calib_step;       /* offsets tried per layer: +-step, +-2 step */
+    int calib_ppl;          /* calibrate on perplexity instead of KL(dense || delta) */
     int limit;
     int json;
     int sweep;
@@ -43,6 +50,8 @@ typedef struct eval_opts {
     int windows[MAX_GRID];
     int n_lags;
     float lags[MAX_GRID];   /* delta.lag values (default: the run's) */
+    int n_pws;
+    int pws[MAX_GRID];      /* delta.prefill_window values (default: the run's) */
 } eval_opts;
 
 typedef struct eval_result {
@@ -187,8 +196,14 @@ static int eval_ppl(evaluator *e, const int32_t *toks, int n_tok, const dl_delta
         return -1;
     }
     int rc = 0;
-    for (int s = 0, k = 0; s + 1 < n_tok && k < o->max_windows; s += o->stride, k++) {
+    for (int s = 0, k = 0; s + 1 < n_tok && k < o->skip_windows + o->max_windows;
+         s += o->stride, k++) {
         int n = n_tok - s < body ? n_tok - s : body;
+        if (k < o->skip_windows) {
+            if (s + body >= n_tok)
+                break;
+            continue;
+        }
         w[0] = dl_tokenizer_bos(e->tok);
         memcpy(w + 1, toks + s, (size_t)n * sizeof *w);
         /* score what earlier windows did not: everything in the first window, then only the
@@ -231,20 +246,24 @@ static void print_ppl(const eval_opts *o, const dl_delta_params *dp, const eval_
     dl_delta_stage_stats all = both_stages(r);
     if (o->json) {
         printf("{\"ctx\":%d,\"stride\":%d,\"windows\":%d,\"scored\":%.0f,\"theta\":%g,"
-               "\"sparsity_target\":%g,\"window\":%d,\"sink\":%d,\"lag\":%g,"
+               "\"sparsity_target\":%g,\"window\":%d,\"prefill_window\":%d,\"sink\":%d,"
+               "\"lag\":%g,"
                "\"ppl_dense\":%.6f,\"ppl_delta\":%.6f,\"ppl_rel_change\":%.6f,"
                "\"kl_mean\":%.6g,\"top1_agreement\":%.6f,"
                "\"attention_sparsity\":%.6f,\"element_sparsity\":%.6f,\"qk_work_skipped\":%.6f,"
                "\"prefill_attention_sparsity\":%.6f,\"decode_attention_sparsity\":%.6f,"
                "\"k_cache_bytes\":%.0f,\"k_cache_dense_bytes\":%.0f,\"v_cache_bytes\":%.0f,"
-               "\"score_autocorrelation\":%.6f,\"layers\":[",
+               "\"score_autocorrelation\":%.6f,\"layer_offsets\":[",
                o->ctx, o->stride, r->n_windows, r->n_scored, dp->theta, dp->sparsity_target,
-               dp->window, dp->sink, dp->lag, pd, pq, pq / pd - 1, r->kl / r->n_scored,
+               dp->window, dp->prefill_window, dp->sink, dp->lag, pd, pq, pq / pd - 1, r->kl / r->n_scored,
                r->top1 / r->n_scored, dl_delta_attention_sparsity(&all),
                dl_delta_element_sparsity(&all), dl_delta_qk_skipped(&all),
                dl_delta_attention_sparsity(&r->st[0]), dl_delta_attention_sparsity(&r->st[1]),
                r->k_bytes / r->n_windows, r->k_dense_bytes / r->n_windows,
                r->v_bytes / r->n_windows, key_similarity(r, -1));
+        for (int l = 0; l < dp->n_layer_offsets; l++)
+            printf("%s%g", l ? "," : "", dp->layer_offsets[l]);
+        printf("],\"layers\":[");
         for (int l = 0; l < r->n_layer; l++) {
             const dl_delta_stage_stats *ls = &r->lst[2 * l];
             dl_delta_stage_stats lb = ls[0];
@@ -304,13 +323,148 @@ static void print_sweep_row(const eval_opts *o, const dl_delta_params *dp, const
         snprintf(knob, sizeof knob, "target %.2f", dp->sparsity_target);
     else
         snprintf(knob, sizeof knob, "theta %.3f", dp->theta);
-    printf("| %-12s | %6d | %4.2f | %6.1f%% | %6.1f%% | %6.1f%% | %6.1f%% | %6.1f%% | %+7.3f%% | "
-           "%9.3g | %6.2f%% | %6.1f%% |\n", knob, dp->window, dp->lag,
+    printf("| %-12s | %6d | %3d | %4.2f | %6.1f%% | %6.1f%% | %6.1f%% | %6.1f%% | %6.1f%% | %+7.3f%% | "
+           "%9.3g | %6.2f%% | %6.1f%% |\n", knob, dp->window, dp->prefill_window, dp->lag,
            100 * dl_delta_element_sparsity(&all),
            100 * dl_delta_attention_sparsity(&r->st[0]), 100 * dl_delta_attention_sparsity(&all),
            100 * dl_delta_qk_skipped(&all), 100 * r->k_bytes / r->k_dense_bytes,
            100 * (pq / pd - 1), r->kl / r->n_scored, 100 * r->top1 / r->n_scored,
            100 * (r->k_bytes + r->v_bytes) / (2 * r->k_dense_bytes));
+}
+
+/* --calibrate: per-layer offsets to the sparsity target (delta.layer_offsets) that cost the
+ * least perplexity at the same overall element sparsity. Layers do not suffer alike from
+ * stale keys: on stories260K, raising one layer's target from 0.6 to 0.75 costs between
+ * +0.11% and +1.30% perplexity depending on the layer (README). Procedure:
+ *   1. the run's setting (its offsets, or none) over the chosen windows: the base;
+ *   2. for each layer l and u in {-2, -1, 1, 2}: layer l's offset moved by u x step, the
+ *      others as in the base; cost(l, u) = its mean KL(dense || delta) (--calib-metric ppl:
+ *      mean NLL, i.e. log perplexity) minus the base's, cost(l, 0) = 0;
+ *   3. one move per layer in half steps (odd ones interpolated between their neighbours),
+ *      summing to zero — so the mean target, and with it the overall element sparsity,
+ *      stays — that minimises the sum of the layers' costs (taken as additive), by dynamic
+ *      programming over the layers;
+ *   4. the chosen offsets, run over the same windows, to show what they do.
+ * 2 + 4 x n_layer runs; --skip-windows keeps the calibration windows apart from those a
+ * table reports. */
+#define CAL_U 2              /* moves -CAL_U..CAL_U steps */
+
+/* What --calibrate minimises: mean KL(dense || delta), or the mean NLL (log perplexity).
+ * KL by default: perplexity can also fall when the distributions move away from dense
+ * (on stories260K one layer at 95% element sparsity took perplexity below dense while
+ * doubling KL), and closeness to the dense model is what the offsets should buy. */
+static double cal_metric(const eval_opts *o, const eval_result *r)
+{
+    return (o->calib_ppl ? r->nll_delta - r->nll_dense : r->kl) / r->n_scored;
+}
+
+/* A metric difference as printed: percent perplexity, or KL itself. */
+static double cal_show(const eval_opts *o, double dm)
+{
+    return o->calib_ppl ? 100 * (exp(dm) - 1) : dm;
+}
+#define CAL_H (2 * CAL_U)    /* in half steps */
+static int calibrate(evaluator *e, const int32_t *toks, int n_tok)
+{
+    const eval_opts *o = e->o;
+    int L = dl_model_hparams(e->m)->n_layer;
+    if (L > DL_DELTA_MAX_LAYER_OFFSETS) {
+        fprintf(stderr, "deltallm eval: --calibrate handles at most %d layers\n",
+                DL_DELTA_MAX_LAYER_OFFSETS);
+        return -1;
+    }
+    dl_delta_params base = o->run.delta;
+    base.enabled = 1;
+    if (base.n_layer_offsets != L) {
+        memset(base.layer_offsets, 0, sizeof base.layer_offsets);
+        base.n_layer_offsets = L;
+    }
+    double *cost = calloc((size_t)L * (2 * CAL_U + 1), sizeof *cost); /* [l][u + CAL_U] */
+    int nsum = 2 * CAL_H * L + 1;
+    double *best = malloc((size_t)(L + 1) * nsum * sizeof *best);
+    signed char *pick = malloc((size_t)(L + 1) * nsum);
+    if (!cost || !best || !pick) {
+        free(cost), free(best), free(pick);
+        return -1;
+    }
+    eval_result r;
+    int rc = eval_ppl(e, toks, n_tok, &base, &r);
+    double m0 = rc ? 0 : cal_metric(o, &r);
+    if (!rc && !o->json)
+        printf("base: target %.3f, %d windows from window %d, dPPL %+.3f%%, KL %.4g\n"
+               "per layer: %s change when only that layer's offset moves by\n"
+               "  layer  offset  %8.2f %8.2f %8.2f %8.2f\n", base.sparsity_target, r.n_windows,
+               o->skip_windows, 100 * (exp((r.nll_delta - r.nll_dense) / r.n_scored) - 1),
+               r.kl / r.n_scored, o->calib_ppl ? "perplexity" : "KL(dense||delta)",
+               -2 * o->calib_step, -o->calib_step, o->calib_step, 2 * o->calib_step);
+    free(r.lst), free(r.kch);
+    for (int l = 0; l < L && !rc; l++) {
+        for (int u = -CAL_U; u <= CAL_U && !rc; u++) {
+            if (!u)
+                continue;
+            dl_delta_params dp = base;
+            float off = base.layer_offsets[l] + (float)u * o->calib_step;
+            dp.layer_offsets[l] = off < -1 ? -1 : off > 1 ? 1 : off;
+            if ((rc = eval_ppl(e, toks, n_tok, &dp, &r)) == 0)
+                cost[l * (2 * CAL_U + 1) + u + CAL_U] = cal_metric(o, &r) - m0;
+            free(r.lst), free(r.kch);
+        }
+        if (!rc && !o->json) {
+            const double *c = cost + l * (2 * CAL_U + 1);
+            printf("  %5d  %+6.3f ", l, base.layer_offsets[l]);
+            for (int u = 0; u <= 2 * CAL_U; u++)
+                if (u != CAL_U)
+                    printf(o->calib_ppl ? " %+7.3f%%" : " %+8.5f", cal_show(o, c[u]));
+            printf("\n");
+            fflush(stdout);
+        }
+    }
+    if (!rc) {
+        /* best[l][s]: least cost of layers < l whose moves sum to s - CAL_H * L half steps */
+        for (int i = 0; i < (L + 1) * nsum; i++)
+            best[i] = INFINITY;
+        best[CAL_H * L] = 0;
+        for (int l = 0; l < L; l++) {
+            const double *c = cost + l * (2 * CAL_U + 1);
+            for (int sm = 0; sm < nsum; sm++) {
+                if (!isfinite(best[l * nsum + sm]))
+                    continue;
+                for (int h = -CAL_H; h <= CAL_H; h++) {
+                    int to = sm + h;
+                    if (to < 0 || to >= nsum)
+                        continue;
+                    double ch = h % 2 == 0 ? c[h / 2 + CAL_U]
+                                           : 0.5 * (c[(h - 1) / 2 + CAL_U] + c[(h + 1) / 2 + CAL_U]);
+                    double v = best[l * nsum + sm] + ch;
+                    if (v < best[(l + 1) * nsum + to]) {
+                        best[(l + 1) * nsum + to] = v;
+                        pick[(l + 1) * nsum + to] = (signed char)h;
+                    }
+                }
+            }
+        }
+        dl_delta_params dp = base;
+        for (int l = L, sm = CAL_H * L; l > 0; l--) {
+            int h = pick[l * nsum + sm];
+            float off = base.layer_offsets[l - 1] + 0.5f * (float)h * o->calib_step;
+            dp.layer_offsets[l - 1] = off < -1 ? -1 : off > 1 ? 1 : off;
+            sm -= h;
+        }
+        if (!o->json) {
+            printf(o->calib_ppl ? "predicted change %+.3f%% at the same mean target\n"
+                                : "predicted change %+.5f at the same mean target\n",
+                   cal_show(o, best[L * nsum + CAL_H * L]));
+            printf("--delta-layer-offsets ");
+            for (int l = 0; l < L; l++)
+                printf("%s%g", l ? "," : "", dp.layer_offsets[l]);
+            printf("\nwith them, over the same windows:\n");
+        }
+        if ((rc = eval_ppl(e, toks, n_tok, &dp, &r)) == 0)
+            print_ppl(o, &dp, &r);
+        free(r.lst), free(r.kch);
+    }
+    free(cost), free(best), free(pick);
+    return rc;
 }
 
 static int run_ppl(evaluator *e)
@@ -345,21 +499,24 @@ static int run_ppl(evaluator *e)
     }
     int rc = 0;
     eval_result r;
-    if (!o->sweep) {
+    if (o->calibrate)
+        rc = calibrate(e, toks, n_tok);
+    else if (!o->sweep) {
         if ((rc = eval_ppl(e, toks, n_tok, &o->run.delta, &r)) == 0)
             print_ppl(o, &o->run.delta, &r);
         free(r.lst);
         free(r.kch);
     } else {
         if (!o->json)
-            printf("| %-12s | window | lag | elem sp | attn sp prefill | attn sp both | "
-                   "QK skipped | K bytes | dPPL | KL | top-1 | K+V bytes |\n|---|---|---|---|---|"
-                   "---|---|---|---|---|---|---|\n", "setting");
+            printf("| %-12s | window | prefill window | lag | elem sp | attn sp prefill | "
+                   "attn sp both | QK skipped | K bytes | dPPL | KL | top-1 | K+V bytes |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n", "setting");
         for (int g = 0; g < o->n_grid && !rc; g++)
-            for (int wi = 0; wi < o->n_windows * o->n_lags && !rc; wi++) {
+            for (int wi = 0; wi < o->n_windows * o->n_pws * o->n_lags && !rc; wi++) {
                 dl_delta_params dp = o->run.delta;
                 dp.enabled = 1;
-                dp.window = o->windows[wi / o->n_lags];
+                dp.window = o->windows[wi / (o->n_lags * o->n_pws)];
+                dp.prefill_window = o->pws[wi / o->n_lags % o->n_pws];
                 dp.lag = o->lags[wi % o->n_lags];
                 if (o->grid_targets)
                     dp.sparsity_target = o->grid[g];
@@ -735,17 +892,23 @@ static int parse(eval_opts *o, int argc, char **argv)
                    "  --decode-frac F         share of each window decoded token by token "
                    "(default 0.5)\n"
                    "  --max-windows N         (default 40)\n"
+                   "  --skip-windows N        leave out the first N windows (default 0)\n"
                    "  --task T                hellaswag | piqa | obqa | lambada\n"
                    "  --labels FILE           PIQA labels file\n"
                    "  --limit N               task items (default 200)\n"
                    "  --sweep                 grid of --thetas (or --targets) x --windows x --lags\n"
                    "  --thetas a,b,..         --targets a,b,..   --windows a,b,..   --lags a,b,..\n"
+                   "  --prefill-windows a,b,..\n"
+                   "  --calibrate             per-layer offsets for --delta-target (prints\n"
+                   "                          --delta-layer-offsets)\n"
+                   "  --calib-step F          offsets tried per layer: +-F, +-2F (default 0.1)\n"
+                   "  --calib-metric M        kl (default) or ppl: what --calibrate minimises\n"
                    "  --json                  one JSON object per result\n%s",
                    dl_run_opts_help);
             return 0;
         }
-        if (!strcmp(a, "--json") || !strcmp(a, "--sweep")) {
-            *(a[2] == 'j' ? &o->json : &o->sweep) = 1;
+        if (!strcmp(a, "--json") || !strcmp(a, "--sweep") || !strcmp(a, "--calibrate")) {
+            *(a[2] == 'j' ? &o->json : a[2] == 's' ? &o->sweep : &o->calibrate) = 1;
             continue;
         }
         if (!strcmp(a, "-f") || !strcmp(a, "--file"))
@@ -771,6 +934,27 @@ static int parse(eval_opts *o, int argc, char **argv)
             if (dl_cli_int(a, val, 1, 1 << 24, &l))
                 return 2;
             *(a[2] == 'm' ? &o->max_windows : &o->limit) = (int)l;
+        } else if (!strcmp(a, "--skip-windows")) {
+            if (dl_cli_int(a, val, 0, 1 << 24, &l))
+                return 2;
+            o->skip_windows = (int)l;
+        } else if (!strcmp(a, "--calib-metric")) {
+            if (!val || (strcmp(val, "kl") && strcmp(val, "ppl"))) {
+                fprintf(stderr, "deltallm eval: --calib-metric must be kl or ppl\n");
+                return 2;
+            }
+            o->calib_ppl = !strcmp(val, "ppl");
+        } else if (!strcmp(a, "--calib-step")) {
+            if (dl_cli_float(a, val, 0.01, 0.5, &d))
+                return 2;
+            o->calib_step = (float)d;
+        } else if (!strcmp(a, "--prefill-windows")) {
+            if (!val || parse_list(val, wins, &o->n_pws, 0, 1 << 20)) {
+                fprintf(stderr, "deltallm eval: --prefill-windows needs a list of integers\n");
+                return 2;
+            }
+            for (int k = 0; k < o->n_pws; k++)
+                o->pws[k] = (int)wins[k];
         } else if (!strcmp(a, "--thetas") || !strcmp(a, "--targets")) {
             o->grid_targets = a[3] == 'a';
             if (!val || parse_list(val, o->grid, &o->n_grid, 0, o->grid_targets ? 0.999 : 1e6)) {
@@ -817,6 +1001,21 @@ static int parse(eval_opts *o, int argc, char **argv)
     if (!o->n_lags) {
         o->lags[0] = o->run.delta.lag;
         o->n_lags = 1;
+    }
+    if (!o->n_pws) {
+        o->pws[0] = o->run.delta.prefill_window;
+        o->n_pws = 1;
+    }
+    if (!o->calib_step)
+        o->calib_step = 0.1f;
+    /* multiple choice scores the endings from the prompt's own positions, which the short
+     * default prefill window serves worse than generation: the full window there */
+    if (o->task && !o->run.prefill_window_set)
+        o->run.delta.prefill_window = 0;
+    if (o->calibrate && (o->sweep || o->task || o->run.delta.sparsity_target < 0)) {
+        fprintf(stderr, "deltallm eval: --calibrate needs a sparsity target (not --delta-theta) "
+                "and neither --sweep nor --task\n");
+        return 2;
     }
     if (o->sweep && !o->n_windows) {
         o->windows[0] = 8, o->windows[1] = 16, o->windows[2] = 32;
