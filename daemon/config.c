@@ -55,6 +55,10 @@ static const key_def keys[] = {
     {"delta-sparsity-target", KT_FLOAT, F(delta.sparsity_target), 0, -1, 0.999999,
      "target element sparsity in [0,1); < 0 uses delta-theta"},
     {"delta-window", KT_INT, F(delta.window), 0, 1, 1 << 20, "exact local window (tokens)"},
+    {"delta-prefill-window", KT_INT, F(delta.prefill_window), 0, 0, 1 << 20,
+     "exact keys per query in a sliding prefill (0 = delta-window)"},
+    {"delta-layer-offsets", KT_SPECIAL, 0, 0, 0, 0,
+     "per-layer target offsets a,b,.. (deltallm eval --calibrate); one per model layer"},
     {"delta-sink", KT_INT, F(delta.sink), 0, 0, 1 << 20, "first tokens always exact"},
     {"delta-stages", KT_SPECIAL, 0, 0, 0, 0, "prefill|decode|both"},
     {"delta-prefill-mode", KT_SPECIAL, 0, 0, 0, 0, "sliding|block"},
@@ -188,6 +192,14 @@ static int set_special(dl_config *c, const char *key, const char *v, char *err, 
         else if (!strcasecmp(v, "both")) c->delta.stages = DL_STAGE_BOTH;
         else {
             snprintf(err, errlen, "delta-stages: '%s' is not prefill, decode or both", v);
+            return -EINVAL;
+        }
+        return 0;
+    }
+    if (!strcmp(key, "delta-layer-offsets")) {
+        char e2[200];
+        if (dl_delta_parse_offsets(v, &c->delta, e2, sizeof e2)) {
+            snprintf(err, errlen, "delta-layer-offsets: %s", e2);
             return -EINVAL;
         }
         return 0;

@@ -696,6 +696,13 @@ static enum MHD_Result handle_generate(conn *k, int kind)
         }
         snprintf(req.session_id, sizeof req.session_id, "%s", hs);
     }
+    int n_layer = dl_model_hparams(m)->n_layer;
+    if (req.delta.enabled && req.delta.n_layer_offsets && req.delta.n_layer_offsets != n_layer) {
+        snprintf(err, sizeof err, "'delta.layer_offsets' has %d values; the model has %d layers",
+                 req.delta.n_layer_offsets, n_layer);
+        dl_request_free(&req);
+        return invalid(k, err, "delta.layer_offsets", NULL);
+    }
     for (int i = 0; i < req.sampling.n_logit_bias; i++)
         if (req.sampling.logit_bias[i].token >= n_vocab) {
             dl_request_free(&req);
@@ -1359,6 +1366,7 @@ int dl_server_create(const dl_config *cfg, dl_server **out, char *err, size_t er
     o.max_queue = cfg->max_queue;
     o.memory_budget = s->cfg.memory_budget;
     o.session_ttl = cfg->session_ttl;
+    o.delta_layer_offsets = cfg->delta.n_layer_offsets;
     o.metrics = s->metrics;
     o.notify = notify_loop;
     o.notify_arg = &s->wakeup;

@@ -232,7 +232,10 @@ static int same_delta(const dl_delta_params *a, const dl_delta_params *b)
     return a->enabled == b->enabled && a->theta == b->theta &&
            a->sparsity_target == b->sparsity_target && a->window == b->window &&
            a->sink == b->sink && a->stages == b->stages && a->prefill_mode == b->prefill_mode &&
-           a->block_frac == b->block_frac && a->lag == b->lag;
+           a->block_frac == b->block_frac && a->lag == b->lag &&
+           a->prefill_window == b->prefill_window && a->n_layer_offsets == b->n_layer_offsets &&
+           !memcmp(a->layer_offsets, b->layer_offsets,
+                   (size_t)a->n_layer_offsets * sizeof a->layer_offsets[0]);
 }
 
 static int common_prefix(const int32_t *a, int na, const int32_t *b, int nb)
@@ -873,6 +876,13 @@ static int load(dl_sched *s)
     if (!rc && s->o.metrics &&
         (rc = dl_metrics_set_layers(s->o.metrics, dl_model_hparams(m)->n_layer)))
         snprintf(err, sizeof err, "cannot set up the per-layer metrics: %s", strerror(-rc));
+    if (!rc && s->o.delta_layer_offsets &&
+        s->o.delta_layer_offsets != dl_model_hparams(m)->n_layer) {
+        snprintf(err, sizeof err, "delta-layer-offsets has %d values but the model has %d "
+                 "layers (run deltallm eval --calibrate for this model, or remove the key)",
+                 s->o.delta_layer_offsets, dl_model_hparams(m)->n_layer);
+        rc = -EINVAL;
+    }
     dl_ctx *ctx = NULL;
     if (!rc) {
         ctx = dl_ctx_create(m, s->o.batch, s->o.ctx, s->o.threads, err, sizeof err);

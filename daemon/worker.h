@@ -100,6 +100,8 @@ typedef struct dl_sched_opts {
     int threads, parallel, ctx, batch, max_queue;
     uint64_t memory_budget;   /* bytes, > 0 */
     double session_ttl;       /* seconds */
+    int delta_layer_offsets;  /* values in the configured delta-layer-offsets: a model with
+                                 another layer count fails to load (0: none configured) */
     dl_metrics *metrics;
     void (*notify)(void *arg);/* called from the worker after each step (thread-safe hook) */
     void *notify_arg;

@@ -430,6 +430,16 @@ START_TEST(malformed_corpus)
         {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"block_frac\":2}}", 400,
          "delta.block_frac"},
         {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"lag\":1.5}}", 400, "delta.lag"},
+        {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"prefill_window\":-1}}", 400,
+         "delta.prefill_window"},
+        {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"layer_offsets\":[0.1,0.2]}}", 400,
+         "delta.layer_offsets"},
+        {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"layer_offsets\":\"0,0\"}}", 400,
+         "delta.layer_offsets"},
+        {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"layer_offsets\":[0,0,2,0,0]}}", 400,
+         "delta.layer_offsets"},
+        {"/v1/completions", "{\"prompt\":\"x\",\"delta\":{\"layer_offsets\":[0,0,\"a\",0,0]}}",
+         400, "delta.layer_offsets"},
         {"/v1/completions", "{\"prompt\":\"x\",\"stream_options\":3}", 400, "stream_options"},
         {"/v1/completions", "{\"prompt\":\"x\",\"timeout\":-1}", 400, "timeout"},
         {"/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":600}", 400, "prompt"},
@@ -809,6 +819,38 @@ static double layer_figure(cJSON *layers, int l, const char *stage, const char *
         ->valuedouble;
 }
 
+/* sparsity.prefill.attention of a completion request */
+static double prefill_attention(const char *body)
+{
+    resp r = http("POST", "/v1/completions", body);
+    cJSON *j = parse_ok(&r);
+    cJSON *s = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "sparsity"), "prefill");
+    ck_assert_msg(cJSON_IsObject(s), "no sparsity.prefill: %s", r.body);
+    double a = cJSON_GetObjectItem(s, "attention")->valuedouble;
+    cJSON_Delete(j);
+    resp_free(&r);
+    return a;
+}
+
+/* Prompt log-probs (echo + logprobs) come from the prompt's own positions: such a request
+ * gets the full window in prefill (fewer scores from k-hat) unless it sets
+ * delta.prefill_window. Different prompts of one length, so that no prefix is reused. */
+START_TEST(echo_logprobs_full_prefill_window)
+{
+#define P60(w) "\"prompt\":\"" w w w w w w w w w w "\",\"max_tokens\":1,\"temperature\":0"
+    double plain = prefill_attention("{" P60("the cat sat on a mat and ") "}");
+    double echo = prefill_attention("{" P60("a dog ran to the park and ")
+                                    ",\"echo\":true,\"logprobs\":0}");
+    double echo4 = prefill_attention("{" P60("the sun was warm on a hill ")
+                                     ",\"echo\":true,\"logprobs\":0,"
+                                     "\"delta\":{\"prefill_window\":4}}");
+#undef P60
+    ck_assert_msg(plain > echo + 0.15 && echo4 > echo + 0.15,
+                  "prefill attention sparsity: plain %g, echo %g, echo with window 4 %g", plain,
+                  echo, echo4);
+}
+END_TEST
+
 START_TEST(sparsity_layers)
 {
     /* a delta request: every layer reported, and each layer hits about the target */
@@ -820,6 +862,18 @@ START_TEST(sparsity_layers)
     for (int l = 0; l < N_LAYER; l++)
         ck_assert_msg(layer_figure(layers, l, "prefill", "element") > 0,
                       "layer %d: no prefill element sparsity", l);
+    cJSON_Delete(j);
+    resp_free(&r);
+    /* layer_offsets (one per layer): layer 2 aims at 0.5 + 0.3, layer 0 at 0.5 - 0.3 */
+    r = http("POST", "/v1/completions",
+             "{\"prompt\":\"Once upon a time there was a little girl\",\"max_tokens\":2,"
+             "\"temperature\":0,\"delta\":{\"sparsity_target\":0.5,"
+             "\"layer_offsets\":[-0.3,0,0.3,0,0],\"prefill_window\":2}}");
+    j = parse_ok(&r);
+    layers = check_layers(j, N_LAYER);
+    double e0 = layer_figure(layers, 0, "prefill", "element");
+    double e2 = layer_figure(layers, 2, "prefill", "element");
+    ck_assert_msg(e2 > e0 + 0.3, "layer offsets: layer 0 %g, layer 2 %g", e0, e2);
     cJSON_Delete(j);
     resp_free(&r);
     /* the per-layer counters in /metrics add up to the stage totals */
@@ -1186,17 +1240,31 @@ START_TEST(config_precedence)
     char *envbad[] = {"DELTALLM_DELTA_STAGES=sometimes", NULL};
     ck_assert_int_lt(dl_config_from_args(&c, 1, argv, envbad, stdout, err, sizeof err), 0);
     ck_assert_msg(strstr(err, "delta-stages"), "%s", err);
+    char *envoff[] = {"DELTALLM_DELTA_LAYER_OFFSETS=0.1,-0.1", "DELTALLM_DELTA_PREFILL_WINDOW=3",
+                      NULL};
+    ck_assert_int_eq(dl_config_from_args(&c, 1, argv, envoff, stdout, err, sizeof err), 0);
+    ck_assert_int_eq(c.delta.n_layer_offsets, 2);
+    ck_assert(c.delta.layer_offsets[1] == -0.1f);
+    ck_assert_int_eq(c.delta.prefill_window, 3);
+    char *envoffbad[] = {"DELTALLM_DELTA_LAYER_OFFSETS=0.1,x", NULL};
+    ck_assert_int_lt(dl_config_from_args(&c, 1, argv, envoffbad, stdout, err, sizeof err), 0);
+    ck_assert_msg(strstr(err, "delta-layer-offsets"), "%s", err);
     char *unk[] = {"deltallmd", "--no-such-key", "1", NULL};
     ck_assert_int_lt(dl_config_from_args(&c, 3, unk, NULL, stdout, err, sizeof err), 0);
     unlink(path);
     /* the real binary: --help exits 0, an invalid value exits non-zero naming the key */
-    char cmd[4200];
+    char cmd[8400];
     snprintf(cmd, sizeof cmd, "%s --help | grep -q -- --memory-budget", daemon_path());
     ck_assert_int_eq(system(cmd), 0);
     snprintf(cmd, sizeof cmd, "%s --model x --port 99999 2>&1 | grep -q 'port'", daemon_path());
     ck_assert_int_eq(system(cmd), 0);
     snprintf(cmd, sizeof cmd, "%s --model x --port 99999 >/dev/null 2>&1", daemon_path());
     ck_assert_int_ne(system(cmd), 0);
+    /* a layer-offset profile for another layer count stops the daemon at load */
+    snprintf(cmd, sizeof cmd, "%s --model %s --port 0 --delta-layer-offsets 0,0 2>&1 | "
+             "grep -q 'delta-layer-offsets has 2 values but the model has 5 layers'",
+             daemon_path(), dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf"));
+    ck_assert_int_eq(system(cmd), 0);
 }
 END_TEST
 
@@ -1218,6 +1286,7 @@ static Suite *suite(void)
     tcase_add_test(t, sessions);
     tcase_add_test(t, metrics_text);
     tcase_add_test(t, sparsity_layers);
+    tcase_add_test(t, echo_logprobs_full_prefill_window);
     tcase_add_test(t, concurrent_streams_equal_alone);
     suite_add_tcase(s, t);
     TCase *o = tcase_create("own-daemon");
