@@ -108,7 +108,9 @@ run: all
 
 # Binaries and man pages under $(PREFIX); the unit under $(PREFIX)/lib/systemd/system with
 # ExecStart pointing at $(PREFIX)/bin; the example configuration (model= pointing into the
-# unit's StateDirectory) as /etc/deltallm/deltallmd.conf.example, never over a real one.
+# unit's StateDirectory) as /etc/deltallm/deltallmd.conf.example, never over a real one; its
+# stories260K layer profile commented out (with the target that holds without one), since the
+# model there is the user's.
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
 	  $(DESTDIR)$(PREFIX)/share/man/man8 $(DESTDIR)$(PREFIX)/lib/systemd/system \
@@ -120,7 +122,9 @@ install: all
 	sed 's|/usr/local/bin/|$(PREFIX)/bin/|' systemd/deltallmd.service \
 	  > $(DESTDIR)$(PREFIX)/lib/systemd/system/deltallmd.service
 	chmod 644 $(DESTDIR)$(PREFIX)/lib/systemd/system/deltallmd.service
-	sed 's|^model = .*|model = /var/lib/deltallm/models/model.gguf|' config/deltallmd.conf \
+	sed -e 's|^model = .*|model = /var/lib/deltallm/models/model.gguf|' \
+	  -e 's|^delta-layer-offsets|# delta-layer-offsets|' \
+	  -e 's|^delta-sparsity-target = 0.66 |delta-sparsity-target = 0.62 |' config/deltallmd.conf \
 	  > $(DESTDIR)/etc/deltallm/deltallmd.conf.example
 	chmod 644 $(DESTDIR)/etc/deltallm/deltallmd.conf.example
 

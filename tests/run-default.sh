@@ -21,7 +21,11 @@ else
     fi
 fi
 if [ -x "$build/deltallmd" ]; then
-    echo "starting deltallmd on $model (Ctrl-C to stop)"
-    exec "$build/deltallmd" --model "$model" ${DELTALLMD_ARGS:-}
+    # the default model runs with config/deltallmd.conf, which carries its DeltaLLM layer
+    # profile; a model of your own runs with the built-in defaults
+    cfg=""
+    [ -z "${MODEL:-}" ] && [ -f config/deltallmd.conf ] && cfg="--config config/deltallmd.conf"
+    echo "starting deltallmd on $model${cfg:+ with config/deltallmd.conf} (Ctrl-C to stop)"
+    exec "$build/deltallmd" $cfg --model "$model" ${DELTALLMD_ARGS:-}
 fi
 exec "$build/deltallm" generate -m "$model" -p "Once upon a time" -n 128

@@ -198,6 +198,10 @@ START_TEST(test_make_install)
     char *c = dl_test_read_file(p, &len);
     ck_assert_ptr_nonnull(c);
     ck_assert_ptr_nonnull(strstr(c, "\nmodel = /var/lib/deltallm/models/"));
+    /* stories260K's layer profile is not applied to the user's model */
+    ck_assert_ptr_nonnull(strstr(c, "\n# delta-layer-offsets = "));
+    ck_assert_ptr_null(strstr(c, "\ndelta-layer-offsets"));
+    ck_assert_ptr_nonnull(strstr(c, "\ndelta-sparsity-target = 0.62 "));
     free(c);
     /* the installed binary runs, and the man pages are well-formed where man is present */
     snprintf(cmd, sizeof cmd, "%s/opt/dl/bin/deltallmd --help >/dev/null", dir);
