@@ -134,16 +134,22 @@ static double json_num(const char *js, const char *key)
     return strtod(p + strlen(pat), NULL);
 }
 
+/* `deltallm eval` on stories260K and tinystories_val.txt with the given options, stderr
+ * folded into stdout. */
+static char *run_eval(const char *args, int *st)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s eval -m %s -f %s %s 2>&1", cli(),
+             dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf"),
+             dl_test_shared("data/tinystories_val.txt"), args);
+    return run(cmd, st);
+}
+
 /* With theta = 0 every change is stored, so delta attention is dense attention. */
 START_TEST(eval_theta_zero_is_dense)
 {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s eval -m %s -f %s --ctx 64 --max-windows 3 --delta-theta 0 "
-             "--delta-window 4 --json 2>&1", cli(),
-             dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf"),
-             dl_test_shared("data/tinystories_val.txt"));
     int st;
-    char *out = run(cmd, &st);
+    char *out = run_eval("--ctx 64 --max-windows 3 --delta-theta 0 --delta-window 4 --json", &st);
     ck_assert_msg(st == 0, "%s", out);
     double pd = json_num(out, "ppl_dense"), pq = json_num(out, "ppl_delta");
     ck_assert_msg(pd > 1 && pd < 100, "ppl %g", pd);
@@ -162,13 +168,9 @@ END_TEST
  * so the mean target stays; the run with them reports them. Also --skip-windows. */
 START_TEST(eval_calibrate_prints_offsets)
 {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s eval -m %s -f %s --ctx 64 --skip-windows 5 --max-windows 2 "
-             "--calibrate --delta-target 0.5 --calib-step 0.1 2>&1", cli(),
-             dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf"),
-             dl_test_shared("data/tinystories_val.txt"));
     int st;
-    char *out = run(cmd, &st);
+    char *out = run_eval("--ctx 64 --skip-windows 5 --max-windows 2 --calibrate "
+                         "--delta-target 0.5 --calib-step 0.1", &st);
     ck_assert_msg(st == 0, "%s", out);
     ck_assert_msg(strstr(out, "2 windows from window 5"), "%s", out);
     const char *p = strstr(out, "--delta-layer-offsets ");
@@ -191,10 +193,7 @@ START_TEST(eval_calibrate_prints_offsets)
     ck_assert_msg(strstr(out, "with them, over the same windows:\nwindows 2 "), "%s", out);
     free(out);
     /* refused without a target */
-    snprintf(cmd, sizeof cmd, "%s eval -m %s -f %s --calibrate --delta-theta 0.3 2>&1", cli(),
-             dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf"),
-             dl_test_shared("data/tinystories_val.txt"));
-    out = run(cmd, &st);
+    out = run_eval("--calibrate --delta-theta 0.3", &st);
     ck_assert_msg(st != 0 && strstr(out, "--calibrate needs a sparsity target"), "%s", out);
     free(out);
 }
@@ -202,13 +201,9 @@ END_TEST
 
 START_TEST(eval_sweep_prints_rows)
 {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s eval -m %s -f %s --ctx 64 --max-windows 2 --sweep --thetas "
-             "0.1,0.5 --windows 4,8 --json 2>&1", cli(),
-             dl_test_shared("models/tinyllamas-stories-260k-f32.v3.gguf"),
-             dl_test_shared("data/tinystories_val.txt"));
     int st;
-    char *out = run(cmd, &st);
+    char *out = run_eval("--ctx 64 --max-windows 2 --sweep --thetas 0.1,0.5 --windows 4,8 --json",
+                         &st);
     ck_assert_msg(st == 0, "%s", out);
     int rows = 0;
     double prev = -1;

@@ -874,7 +874,6 @@ static int parse(eval_opts *o, int argc, char **argv)
     o->decode_frac = 0.5;
     o->max_windows = 40;
     o->limit = 200;
-    float wins[MAX_GRID];
     for (int i = 1; i < argc; i++) {
         int r = dl_run_opts_parse(&o->run, argc, argv, &i);
         if (r < 0)
@@ -948,26 +947,22 @@ static int parse(eval_opts *o, int argc, char **argv)
             if (dl_cli_float(a, val, 0.01, 0.5, &d))
                 return 2;
             o->calib_step = (float)d;
-        } else if (!strcmp(a, "--prefill-windows")) {
-            if (!val || parse_list(val, wins, &o->n_pws, 0, 1 << 20)) {
-                fprintf(stderr, "deltallm eval: --prefill-windows needs a list of integers\n");
-                return 2;
-            }
-            for (int k = 0; k < o->n_pws; k++)
-                o->pws[k] = (int)wins[k];
         } else if (!strcmp(a, "--thetas") || !strcmp(a, "--targets")) {
             o->grid_targets = a[3] == 'a';
             if (!val || parse_list(val, o->grid, &o->n_grid, 0, o->grid_targets ? 0.999 : 1e6)) {
                 fprintf(stderr, "deltallm eval: %s needs a list of numbers\n", a);
                 return 2;
             }
-        } else if (!strcmp(a, "--windows")) {
-            if (!val || parse_list(val, wins, &o->n_windows, 1, 1 << 20)) {
-                fprintf(stderr, "deltallm eval: --windows needs a list of integers\n");
+        } else if (!strcmp(a, "--windows") || !strcmp(a, "--prefill-windows")) {
+            int pre = a[2] == 'p'; /* prefill windows may be 0 (= the window) */
+            float wins[MAX_GRID];
+            int *n = pre ? &o->n_pws : &o->n_windows, *to = pre ? o->pws : o->windows;
+            if (!val || parse_list(val, wins, n, pre ? 0 : 1, 1 << 20)) {
+                fprintf(stderr, "deltallm eval: %s needs a list of integers\n", a);
                 return 2;
             }
-            for (int k = 0; k < o->n_windows; k++)
-                o->windows[k] = (int)wins[k];
+            for (int k = 0; k < *n; k++)
+                to[k] = (int)wins[k];
         } else if (!strcmp(a, "--lags")) {
             if (!val || parse_list(val, o->lags, &o->n_lags, 0, 1)) {
                 fprintf(stderr, "deltallm eval: --lags needs a list of numbers in [0, 1]\n");
