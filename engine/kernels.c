@@ -300,54 +300,70 @@ static void dl__pack_group(const dl_weight *w, int64_t r0, uint8_t *dst)
     }
 }
 
-/* Q4_K: per super-block the 16 rows' d and dmin, their unpacked scales and mins, then the
- * quants in 64-byte pieces of one dword per row (kern_impl.h). */
-static void dl__pack_group_q4k(const dl_weight *w, int64_t r0, uint8_t *dst)
+/* n bytes between a packed block and a plain one: into the packed block when pack, out of
+ * it otherwise. The K-quant layouts below are each written once, for packing at load and
+ * for reading a row back (dl_weight_get_row). */
+static void mv(uint8_t *packed, void *plain, size_t n, int pack)
 {
-    for (int i = 0; i < 16 && r0 + i < w->rows; i++) {
-        const dl_block_q4_K *row =
-            (const dl_block_q4_K *)((const uint8_t *)w->data + (size_t)(r0 + i) * w->row_bytes);
-        for (int64_t b = 0; b < w->cols / 256; b++) {
-            uint8_t *o = dst + (size_t)b * DL__KP_BLOCK, sc[8], mn[8];
-            memcpy(o + 2 * i, &row[b].d, 2);
-            memcpy(o + 32 + 2 * i, &row[b].dmin, 2);
-            dl_q4k_scales_unpack(row[b].scales, sc, mn);
-            for (int j = 0; j < 8; j++) {
-                o[64 + 16 * j + i] = sc[j];
-                o[192 + 16 * j + i] = mn[j];
-            }
-            for (int p = 0; p < 32; p++)
-                memcpy(o + 320 + 64 * p + 4 * i, row[b].qs + 4 * p, 4);
-        }
+    if (pack)
+        memcpy(packed, plain, n);
+    else
+        memcpy(plain, packed, n);
+}
+
+/* Q4_K, row i of a group, one super-block <-> its packed block o (kern_impl.h): d and dmin,
+ * the scales and mins unpacked to a byte each, then the quants in 64-byte pieces of one
+ * dword per row. */
+static void q4k_row_block(uint8_t *o, int i, dl_block_q4_K *blk, int pack)
+{
+    uint8_t sc[8], mn[8];
+    mv(o + 2 * i, &blk->d, 2, pack);
+    mv(o + 32 + 2 * i, &blk->dmin, 2, pack);
+    if (pack)
+        dl_q4k_scales_unpack(blk->scales, sc, mn);
+    for (int j = 0; j < 8; j++) {
+        mv(o + 64 + 16 * j + i, &sc[j], 1, pack);
+        mv(o + 192 + 16 * j + i, &mn[j], 1, pack);
     }
+    if (!pack)
+        dl_q4k_scales_pack(sc, mn, blk->scales);
+    for (int p = 0; p < 32; p++)
+        mv(o + 320 + 64 * p + 4 * i, blk->qs + 4 * p, 4, pack);
 }
 
-/* Where row i's bytes of a Q6_K super-block go in the packed block (kern_impl.h): the
- * 4-byte runs of ql (32) and qh (16) become dwords of the triples. */
-static size_t dl__k6_ql_off(int p)
+/* Q6_K likewise: d, the 16 scales, and the 4-byte runs of ql (32) and qh (16) as dwords of
+ * the triples, in the order the kernel reads them. */
+static void q6k_row_block(uint8_t *o, int i, dl_block_q6_K *blk, int pack)
 {
-    int h = p / 16, m = p % 8, second = (p / 8) % 2; /* ql[64h + 32 second + 4m] */
-    return 320 + (size_t)(8 * h + m) * 192 + (size_t)second * 64;
-}
-static size_t dl__k6_qh_off(int p)
-{
-    return 320 + (size_t)p * 192 + 128; /* qh[32h + 4m], p = 8h + m */
+    mv(o + 2 * i, &blk->d, 2, pack);
+    for (int j = 0; j < 16; j++)
+        mv(o + 64 + 16 * j + i, &blk->scales[j], 1, pack);
+    for (int p = 0; p < 32; p++) {
+        int h = p / 16, m = p % 8, second = (p / 8) % 2; /* ql[64h + 32 second + 4m] */
+        mv(o + 320 + (size_t)(8 * h + m) * 192 + (size_t)second * 64 + 4 * i, blk->ql + 4 * p,
+           4, pack);
+    }
+    for (int p = 0; p < 16; p++) /* qh[32h + 4m], p = 8h + m */
+        mv(o + 320 + (size_t)p * 192 + 128 + 4 * i, blk->qh + 4 * p, 4, pack);
 }
 
-static void dl__pack_group_q6k(const dl_weight *w, int64_t r0, uint8_t *dst)
+/* Q4_K / Q6_K: each row's super-blocks into the group's packed blocks. */
+static void dl__pack_group_k(const dl_weight *w, int64_t r0, uint8_t *dst)
 {
+    const int q6 = w->type == DL_TYPE_Q6_K;
+    const size_t bb = q6 ? DL__K6_BLOCK : DL__KP_BLOCK;
     for (int i = 0; i < 16 && r0 + i < w->rows; i++) {
-        const dl_block_q6_K *row =
-            (const dl_block_q6_K *)((const uint8_t *)w->data + (size_t)(r0 + i) * w->row_bytes);
+        const uint8_t *row = (const uint8_t *)w->data + (size_t)(r0 + i) * w->row_bytes;
         for (int64_t b = 0; b < w->cols / 256; b++) {
-            uint8_t *o = dst + (size_t)b * DL__K6_BLOCK;
-            memcpy(o + 2 * i, &row[b].d, 2);
-            for (int j = 0; j < 16; j++)
-                o[64 + 16 * j + i] = (uint8_t)row[b].scales[j];
-            for (int p = 0; p < 32; p++)
-                memcpy(o + dl__k6_ql_off(p) + 4 * i, row[b].ql + 4 * p, 4);
-            for (int p = 0; p < 16; p++)
-                memcpy(o + dl__k6_qh_off(p) + 4 * i, row[b].qh + 4 * p, 4);
+            if (q6) {
+                dl_block_q6_K blk;
+                memcpy(&blk, row + (size_t)b * sizeof blk, sizeof blk);
+                q6k_row_block(dst + (size_t)b * bb, i, &blk, 1);
+            } else {
+                dl_block_q4_K blk;
+                memcpy(&blk, row + (size_t)b * sizeof blk, sizeof blk);
+                q4k_row_block(dst + (size_t)b * bb, i, &blk, 1);
+            }
         }
     }
 }
@@ -381,14 +397,11 @@ int dl_weight_prepare(dl_weight *w, void **owned, char *err, size_t errlen)
         size_t gb = dl__ph_group_bytes(w->cols);
         for (int64_t r = 0; r < w->rows; r += 16)
             dl__pack_group_h(w, r, (uint16_t *)(p + (size_t)(r / 16) * gb));
-    } else if (w->type == DL_TYPE_Q4_K) {
-        size_t gb = dl__kp_group_bytes(w->cols);
+    } else if (w->type == DL_TYPE_Q4_K || w->type == DL_TYPE_Q6_K) {
+        size_t gb = w->type == DL_TYPE_Q6_K ? dl__k6_group_bytes(w->cols)
+                                            : dl__kp_group_bytes(w->cols);
         for (int64_t r = 0; r < w->rows; r += 16)
-            dl__pack_group_q4k(w, r, p + (size_t)(r / 16) * gb);
-    } else if (w->type == DL_TYPE_Q6_K) {
-        size_t gb = dl__k6_group_bytes(w->cols);
-        for (int64_t r = 0; r < w->rows; r += 16)
-            dl__pack_group_q6k(w, r, p + (size_t)(r / 16) * gb);
+            dl__pack_group_k(w, r, p + (size_t)(r / 16) * gb);
     } else if (w->type == DL_TYPE_I2_S) {
         size_t gb = dl__i2s_group_bytes(w->cols);
         for (int64_t r = 0; r < w->rows; r += 16)
@@ -420,38 +433,21 @@ void dl_weight_get_row(const dl_weight *w, int64_t r, float *out)
         }
         return;
     }
-    if (w->type == DL_TYPE_Q4_K) { /* rebuild each block as stored, as below */
-        const uint8_t *g = (const uint8_t *)w->packed + (size_t)(r / 16) * dl__kp_group_bytes(w->cols);
+    if (w->type == DL_TYPE_Q4_K || w->type == DL_TYPE_Q6_K) { /* each block as stored */
+        const int q6 = w->type == DL_TYPE_Q6_K;
+        const size_t bb = q6 ? DL__K6_BLOCK : DL__KP_BLOCK;
+        /* read only: the layout functions take the packed side writable for packing */
+        uint8_t *g = (uint8_t *)w->packed + (size_t)(r / 16) * (q6 ? dl__k6_group_bytes(w->cols)
+                                                                 : dl__kp_group_bytes(w->cols));
         for (int64_t b = 0; b < w->cols / 256; b++) {
-            const uint8_t *o = g + (size_t)b * DL__KP_BLOCK;
-            dl_block_q4_K blk;
-            uint8_t sc[8], mn[8];
-            memcpy(&blk.d, o + 2 * i, 2);
-            memcpy(&blk.dmin, o + 32 + 2 * i, 2);
-            for (int j = 0; j < 8; j++) {
-                sc[j] = o[64 + 16 * j + i];
-                mn[j] = o[192 + 16 * j + i];
-            }
-            dl_q4k_scales_pack(sc, mn, blk.scales);
-            for (int p = 0; p < 32; p++)
-                memcpy(blk.qs + 4 * p, o + 320 + 64 * p + 4 * i, 4);
-            dl_dequantize_row(w->type, &blk, out + b * 256, 256);
-        }
-        return;
-    }
-    if (w->type == DL_TYPE_Q6_K) {
-        const uint8_t *g = (const uint8_t *)w->packed + (size_t)(r / 16) * dl__k6_group_bytes(w->cols);
-        for (int64_t b = 0; b < w->cols / 256; b++) {
-            const uint8_t *o = g + (size_t)b * DL__K6_BLOCK;
-            dl_block_q6_K blk;
-            memcpy(&blk.d, o + 2 * i, 2);
-            for (int j = 0; j < 16; j++)
-                blk.scales[j] = (int8_t)o[64 + 16 * j + i];
-            for (int p = 0; p < 32; p++)
-                memcpy(blk.ql + 4 * p, o + dl__k6_ql_off(p) + 4 * i, 4);
-            for (int p = 0; p < 16; p++)
-                memcpy(blk.qh + 4 * p, o + dl__k6_qh_off(p) + 4 * i, 4);
-            dl_dequantize_row(w->type, &blk, out + b * 256, 256);
+            dl_block_q4_K b4;
+            dl_block_q6_K b6;
+            if (q6)
+                q6k_row_block(g + (size_t)b * bb, i, &b6, 0);
+            else
+                q4k_row_block(g + (size_t)b * bb, i, &b4, 0);
+            dl_dequantize_row(w->type, q6 ? (const void *)&b6 : (const void *)&b4,
+                              out + b * 256, 256);
         }
         return;
     }

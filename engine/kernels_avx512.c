@@ -538,6 +538,17 @@ AI void prefetch_ahead(const uint8_t *p, size_t bytes)
         _mm_prefetch((const char *)p + PK_PF + o, _MM_HINT_T0);
 }
 
+/* y[t0 + t][r0 .. r0 + nrows) = acc[t] for NT tokens: a 16-row group's results (rows past
+ * the weight's last, in its last group, are not stored). */
+AI void store_group(const dl__mm *m, int64_t r0, int nrows, int t0, const int NT,
+                    const __m512 *acc)
+{
+    const __mmask16 rm = tail_mask(nrows);
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++)
+        _mm512_mask_storeu_ps(m->y + (size_t)(t0 + t) * m->w->rows + r0, rm, acc[t]);
+}
+
 /* y[t][r0 .. r0+nrows) = one 16-row group's dot with NT tokens' activations. Each 64-byte
  * piece of weights feeds NT vpdpbusd against 4 broadcast activation bytes, 16 rows per
  * instruction: no horizontal sums, and a piece loaded once serves the whole token tile. */
@@ -615,10 +626,7 @@ AI void packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows, 
         }
       }
     }
-    const __mmask16 rm = tail_mask(nrows);
-    #pragma GCC unroll 8
-    for (int t = 0; t < NT; t++)
-        _mm512_mask_storeu_ps(m->y + (size_t)(t0 + t) * m->w->rows + r0, rm, acc[t]);
+    store_group(m, r0, nrows, t0, NT, acc);
 }
 
 #define PK_TILE 8 /* tokens per pass over a group: 8 dp + 8 acc registers (4 or 6: slower) */
@@ -665,13 +673,19 @@ AI __m512i pair16(int lo, int hi)
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)lo)), _mm256_set1_epi16((short)hi), 1);
 }
 
-/* Token t's quantised activations in the actk format (kern_impl.h): quants, block scales,
- * 16-value sums. */
-AI void actk_tok(const dl__mm *m, int t, const int8_t **qa, const float **da, const int16_t **bs)
+/* The start of a pass over NT tokens t0.. in the K-quant kernels: accumulators zeroed, and
+ * each token's quantised activations in the actk format (kern_impl.h): quants, block
+ * scales, 16-value sums. */
+AI void actk_tile(const dl__mm *m, int t0, const int NT, __m512 *acc, const int8_t **qa,
+                  const float **da, const int16_t **bs)
 {
-    *qa = (const int8_t *)(m->xq + (size_t)t * m->xq_stride);
-    *da = (const float *)(*qa + m->w->cols);
-    *bs = (const int16_t *)(*da + m->w->cols / 256);
+    #pragma GCC unroll 8
+    for (int t = 0; t < NT; t++) {
+        acc[t] = _mm512_setzero_ps();
+        qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
+        da[t] = (const float *)(qa[t] + m->w->cols);
+        bs[t] = (const int16_t *)(da[t] + m->w->cols / 256);
+    }
 }
 
 AI void rowdot_q4k(const dl__mm *m, int64_t r, int t0, const int NT)
@@ -683,12 +697,10 @@ AI void rowdot_q4k(const dl__mm *m, int64_t r, int t0, const int NT)
     const int8_t *qa[4];
     const float *da[4];
     const int16_t *bs[4];
+    actk_tile(m, t0, NT, acc, qa, da, bs);
     #pragma GCC unroll 8
-    for (int t = 0; t < NT; t++) {
-        acc[t] = _mm512_setzero_ps();
+    for (int t = 0; t < NT; t++)
         mins[t] = 0;
-        actk_tok(m, t0 + t, &qa[t], &da[t], &bs[t]);
-    }
     for (int64_t b = 0; b < nb; b++) {
         const dl_block_q4_K *blk = row + b;
         uint8_t sc[8], mn[8];
@@ -737,11 +749,7 @@ AI void rowdot_q6k(const dl__mm *m, int64_t r, int t0, const int NT)
     const int8_t *qa[4];
     const float *da[4];
     const int16_t *bs[4];
-    #pragma GCC unroll 8
-    for (int t = 0; t < NT; t++) {
-        acc[t] = _mm512_setzero_ps();
-        actk_tok(m, t0 + t, &qa[t], &da[t], &bs[t]);
-    }
+    actk_tile(m, t0, NT, acc, qa, da, bs);
     for (int64_t b = 0; b < nb; b++) {
         const dl_block_q6_K *blk = row + b;
         float d = _cvtsh_ss(blk->d);
@@ -813,6 +821,12 @@ static void matmul_kq(const dl__mm *m, int64_t r0, int64_t r1, int is_q6)
 
 /* ---- Q4_K: the load-time packed layout (kern_impl.h), every token count ---- */
 
+/* 16 bytes (one per row of a group) as floats. */
+AI __m512 u8x16_ps(const uint8_t *p)
+{
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)p)));
+}
+
 #define KP_TILE 8 /* tokens per pass over a group */
 
 /* y[t][r0 .. r0+nrows) for NT tokens from one 16-row group, as packed_tile does for Q4_0:
@@ -834,11 +848,7 @@ AI void kpacked_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows,
     const int8_t *qa[KP_TILE];
     const float *da[KP_TILE];
     const int16_t *bs[KP_TILE];
-    #pragma GCC unroll 8
-    for (int t = 0; t < NT; t++) {
-        acc[t] = _mm512_setzero_ps();
-        actk_tok(m, t0 + t, &qa[t], &da[t], &bs[t]);
-    }
+    actk_tile(m, t0, NT, acc, qa, da, bs);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = grp + (size_t)b * DL__KP_BLOCK;
         if (t0 == 0)
@@ -865,10 +875,9 @@ AI void kpacked_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows,
                     hi[t] = _mm512_dpbusd_epi32(hi[t], vh, _mm512_set1_epi32(a4));
                 }
             }
-            const __m128i sc2 = _mm_load_si128((const __m128i *)(blk + 64 + 32 * c));
-            const __m512 sl = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(sc2)), dv);
-            const __m512 sh = _mm512_mul_ps(
-                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(blk + 80 + 32 * c)))), dv);
+            /* d * sc_j per row for sub-blocks 2c and 2c + 1 */
+            const __m512 sl = _mm512_mul_ps(u8x16_ps(blk + 64 + 32 * c), dv);
+            const __m512 sh = _mm512_mul_ps(u8x16_ps(blk + 80 + 32 * c), dv);
             #pragma GCC unroll 8
             for (int t = 0; t < NT; t++) {
                 __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[t]), sl,
@@ -896,10 +905,7 @@ AI void kpacked_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows,
             acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(ms[t]), _mm512_mul_ps(mv, _mm512_set1_ps(da[t][b])),
                                       acc[t]);
     }
-    const __mmask16 rm = tail_mask(nrows);
-    #pragma GCC unroll 8
-    for (int t = 0; t < NT; t++)
-        _mm512_mask_storeu_ps(m->y + (size_t)(t0 + t) * m->w->rows + r0, rm, acc[t]);
+    store_group(m, r0, nrows, t0, NT, acc);
 }
 
 /* ---- Q6_K: the load-time packed layout (kern_impl.h), every token count ----
@@ -926,11 +932,7 @@ AI void k6packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows
     const int8_t *qa[K6_TILE];
     const float *da[K6_TILE];
     const int16_t *bs[K6_TILE];
-    #pragma GCC unroll 4
-    for (int t = 0; t < NT; t++) {
-        acc[t] = _mm512_setzero_ps();
-        actk_tok(m, t0 + t, &qa[t], &da[t], &bs[t]);
-    }
+    actk_tile(m, t0, NT, acc, qa, da, bs);
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = grp + (size_t)b * DL__K6_BLOCK;
         if (t0 == 0)
@@ -1007,10 +1009,7 @@ AI void k6packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows
             acc[t] = _mm512_fmadd_ps(x, _mm512_mul_ps(dv, _mm512_set1_ps(da[t][b])), acc[t]);
         }
     }
-    const __mmask16 rm = tail_mask(nrows);
-    #pragma GCC unroll 4
-    for (int t = 0; t < NT; t++)
-        _mm512_mask_storeu_ps(m->y + (size_t)(t0 + t) * m->w->rows + r0, rm, acc[t]);
+    store_group(m, r0, nrows, t0, NT, acc);
 }
 
 /* Q4_K or Q6_K from their packed layouts: each 16-row group, tokens a tile at a time. */
