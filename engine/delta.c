@@ -120,8 +120,7 @@ struct dl_delta_cache {
     int n_layer, n_kv, d, n_ctx;
     int mb;          /* mask bytes per position */
     int vb;          /* bytes per stored delta: 1 (E4M3) or 2 (fp16, exact mode) */
-    int wmax;        /* max(window, prefill window): exact keys a query may need */
-    int ring_cap;    /* wmax + slack */
+    int ring_cap;    /* max(window, prefill window) + slack */
     int len;         /* positions appended by the last layer */
     dl_delta_params p;
     dl__dhead *heads; /* [n_layer][n_kv] */
@@ -377,8 +376,8 @@ dl_delta_cache *dl_delta_cache_create(int n_layer, int n_head_kv, int head_dim, 
                 ? 2
                 : 1;
     c->p = *p;
-    c->wmax = p->prefill_window > p->window ? p->prefill_window : p->window;
-    c->ring_cap = c->wmax + DL__RING_SLACK;
+    c->ring_cap = (p->prefill_window > p->window ? p->prefill_window : p->window) +
+                  DL__RING_SLACK;
     c->heads = calloc((size_t)n_layer * (size_t)n_head_kv, sizeof *c->heads);
     c->theta = malloc((size_t)n_layer * sizeof *c->theta);
     c->qlo = malloc((size_t)n_ctx * sizeof *c->qlo);
@@ -597,9 +596,10 @@ int dl_delta_cache_truncate(dl_delta_cache *c, int n)
     int old = c->len, nfull = old / DL__DBLK;
     for (int i = 0; i < c->n_layer * c->n_kv; i++) {
         dl__dhead *h = &c->heads[i];
-        /* Ring slots of positions in [n - ring_cap, n) that later positions overwrote:
-         * the exact key is gone, k̂ is the best we have (within theta of it). */
-        int lost_from = old - n > c->ring_cap - c->wmax ? old - c->ring_cap : 0;
+        /* Ring slots of positions in [n - ring_cap, n) that later positions overwrote (only
+         * when more than the slack is dropped): the exact key is gone, k̂ is the best we
+         * have (within theta of it). */
+        int lost_from = old - n > DL__RING_SLACK ? old - c->ring_cap : 0;
         rebuild_ref(c, h, n, nfull, lost_from);
         if (n % DL__DBLK)
             reopen_block(c, h, n, nfull);

@@ -64,6 +64,12 @@ typedef struct eval_result {
     int n_windows;
 } eval_result;
 
+static void result_free(eval_result *r)
+{
+    free(r->lst);
+    free(r->kch);
+}
+
 typedef struct evaluator {
     const eval_opts *o;
     dl_model *m;
@@ -184,10 +190,10 @@ static int eval_ppl(evaluator *e, const int32_t *toks, int n_tok, const dl_delta
 {
     const eval_opts *o = e->o;
     int body = o->ctx - 1; /* tokens of text per window after BOS */
+    memset(r, 0, sizeof *r); /* first: callers free r's arrays whatever happens */
     int32_t *w = malloc((size_t)o->ctx * sizeof *w);
     if (!w)
         return -1;
-    memset(r, 0, sizeof *r);
     r->n_layer = dl_model_hparams(e->m)->n_layer;
     r->lst = calloc((size_t)r->n_layer * 2, sizeof *r->lst);
     r->kch = calloc((size_t)r->n_layer * 2, sizeof *r->kch);
@@ -332,10 +338,11 @@ static void print_sweep_row(const eval_opts *o, const dl_delta_params *dp, const
            100 * (r->k_bytes + r->v_bytes) / (2 * r->k_dense_bytes));
 }
 
-/* --calibrate: per-layer offsets to the sparsity target (delta.layer_offsets) that cost the
- * least perplexity at the same overall element sparsity. Layers do not suffer alike from
- * stale keys: on stories260K, raising one layer's target from 0.6 to 0.75 costs between
- * +0.11% and +1.30% perplexity depending on the layer (README). Procedure:
+/* --calibrate: per-layer offsets to the sparsity target (delta.layer_offsets) that move the
+ * model least from dense (KL, or perplexity with --calib-metric ppl) at the same overall
+ * element sparsity. Layers do not suffer alike from stale keys: on stories260K, raising one
+ * layer's target of 0.64 by 0.2 adds 0.0023 to 0.024 to KL depending on the layer
+ * (README). Procedure:
  *   1. the run's setting (its offsets, or none) over the chosen windows: the base;
  *   2. for each layer l and u in {-2, -1, 1, 2}: layer l's offset moved by u x step, the
  *      others as in the base; cost(l, u) = its mean KL(dense || delta) (--calib-metric ppl:
@@ -347,7 +354,8 @@ static void print_sweep_row(const eval_opts *o, const dl_delta_params *dp, const
  *   4. the chosen offsets, run over the same windows, to show what they do.
  * 2 + 4 x n_layer runs; --skip-windows keeps the calibration windows apart from those a
  * table reports. */
-#define CAL_U 2              /* moves -CAL_U..CAL_U steps */
+#define CAL_U 2           /* moves -CAL_U..CAL_U steps */
+#define CAL_H (2 * CAL_U) /* in half steps */
 
 /* What --calibrate minimises: mean KL(dense || delta), or the mean NLL (log perplexity).
  * KL by default: perplexity can also fall when the distributions move away from dense
@@ -363,7 +371,53 @@ static double cal_show(const eval_opts *o, double dm)
 {
     return o->calib_ppl ? 100 * (exp(dm) - 1) : dm;
 }
-#define CAL_H (2 * CAL_U)    /* in half steps */
+
+static float clamp_offset(float x) { return x < -1 ? -1 : x > 1 ? 1 : x; }
+
+/* Step 3: the move per layer, in half steps h[l] in [-CAL_H, CAL_H] summing to zero, with
+ * the least summed cost; cost[l][u + CAL_U] for whole steps u, half steps interpolated.
+ * Returns that cost, or NAN when out of memory. */
+static double least_cost_moves(const double *cost, int L, int *h)
+{
+    int nsum = 2 * CAL_H * L + 1; /* sums -CAL_H L .. CAL_H L */
+    double *best = malloc((size_t)(L + 1) * nsum * sizeof *best);
+    signed char *pick = malloc((size_t)(L + 1) * nsum);
+    if (!best || !pick) {
+        free(best), free(pick);
+        return NAN;
+    }
+    /* best[l][s]: least cost of layers < l whose moves sum to s - CAL_H * L */
+    for (int i = 0; i < (L + 1) * nsum; i++)
+        best[i] = INFINITY;
+    best[CAL_H * L] = 0;
+    for (int l = 0; l < L; l++) {
+        const double *c = cost + l * (2 * CAL_U + 1);
+        for (int sm = 0; sm < nsum; sm++) {
+            if (!isfinite(best[l * nsum + sm]))
+                continue;
+            for (int mv = -CAL_H; mv <= CAL_H; mv++) {
+                int to = sm + mv;
+                if (to < 0 || to >= nsum)
+                    continue;
+                double ch = mv % 2 == 0 ? c[mv / 2 + CAL_U]
+                                        : 0.5 * (c[(mv - 1) / 2 + CAL_U] + c[(mv + 1) / 2 + CAL_U]);
+                double v = best[l * nsum + sm] + ch;
+                if (v < best[(l + 1) * nsum + to]) {
+                    best[(l + 1) * nsum + to] = v;
+                    pick[(l + 1) * nsum + to] = (signed char)mv;
+                }
+            }
+        }
+    }
+    double total = best[L * nsum + CAL_H * L];
+    for (int l = L, sm = CAL_H * L; l > 0; l--) {
+        h[l - 1] = pick[l * nsum + sm];
+        sm -= h[l - 1];
+    }
+    free(best), free(pick);
+    return total;
+}
+
 static int calibrate(evaluator *e, const int32_t *toks, int n_tok)
 {
     const eval_opts *o = e->o;
@@ -380,11 +434,9 @@ static int calibrate(evaluator *e, const int32_t *toks, int n_tok)
         base.n_layer_offsets = L;
     }
     double *cost = calloc((size_t)L * (2 * CAL_U + 1), sizeof *cost); /* [l][u + CAL_U] */
-    int nsum = 2 * CAL_H * L + 1;
-    double *best = malloc((size_t)(L + 1) * nsum * sizeof *best);
-    signed char *pick = malloc((size_t)(L + 1) * nsum);
-    if (!cost || !best || !pick) {
-        free(cost), free(best), free(pick);
+    int *h = malloc((size_t)L * sizeof *h);
+    if (!cost || !h) {
+        free(cost), free(h);
         return -1;
     }
     eval_result r;
@@ -397,17 +449,16 @@ static int calibrate(evaluator *e, const int32_t *toks, int n_tok)
                o->skip_windows, 100 * (exp((r.nll_delta - r.nll_dense) / r.n_scored) - 1),
                r.kl / r.n_scored, o->calib_ppl ? "perplexity" : "KL(dense||delta)",
                -2 * o->calib_step, -o->calib_step, o->calib_step, 2 * o->calib_step);
-    free(r.lst), free(r.kch);
+    result_free(&r);
     for (int l = 0; l < L && !rc; l++) {
         for (int u = -CAL_U; u <= CAL_U && !rc; u++) {
             if (!u)
                 continue;
             dl_delta_params dp = base;
-            float off = base.layer_offsets[l] + (float)u * o->calib_step;
-            dp.layer_offsets[l] = off < -1 ? -1 : off > 1 ? 1 : off;
+            dp.layer_offsets[l] = clamp_offset(base.layer_offsets[l] + (float)u * o->calib_step);
             if ((rc = eval_ppl(e, toks, n_tok, &dp, &r)) == 0)
                 cost[l * (2 * CAL_U + 1) + u + CAL_U] = cal_metric(o, &r) - m0;
-            free(r.lst), free(r.kch);
+            result_free(&r);
         }
         if (!rc && !o->json) {
             const double *c = cost + l * (2 * CAL_U + 1);
@@ -419,41 +470,18 @@ static int calibrate(evaluator *e, const int32_t *toks, int n_tok)
             fflush(stdout);
         }
     }
+    double predicted = rc ? 0 : least_cost_moves(cost, L, h);
+    if (isnan(predicted))
+        rc = -1;
     if (!rc) {
-        /* best[l][s]: least cost of layers < l whose moves sum to s - CAL_H * L half steps */
-        for (int i = 0; i < (L + 1) * nsum; i++)
-            best[i] = INFINITY;
-        best[CAL_H * L] = 0;
-        for (int l = 0; l < L; l++) {
-            const double *c = cost + l * (2 * CAL_U + 1);
-            for (int sm = 0; sm < nsum; sm++) {
-                if (!isfinite(best[l * nsum + sm]))
-                    continue;
-                for (int h = -CAL_H; h <= CAL_H; h++) {
-                    int to = sm + h;
-                    if (to < 0 || to >= nsum)
-                        continue;
-                    double ch = h % 2 == 0 ? c[h / 2 + CAL_U]
-                                           : 0.5 * (c[(h - 1) / 2 + CAL_U] + c[(h + 1) / 2 + CAL_U]);
-                    double v = best[l * nsum + sm] + ch;
-                    if (v < best[(l + 1) * nsum + to]) {
-                        best[(l + 1) * nsum + to] = v;
-                        pick[(l + 1) * nsum + to] = (signed char)h;
-                    }
-                }
-            }
-        }
         dl_delta_params dp = base;
-        for (int l = L, sm = CAL_H * L; l > 0; l--) {
-            int h = pick[l * nsum + sm];
-            float off = base.layer_offsets[l - 1] + 0.5f * (float)h * o->calib_step;
-            dp.layer_offsets[l - 1] = off < -1 ? -1 : off > 1 ? 1 : off;
-            sm -= h;
-        }
+        for (int l = 0; l < L; l++)
+            dp.layer_offsets[l] =
+                clamp_offset(base.layer_offsets[l] + 0.5f * (float)h[l] * o->calib_step);
         if (!o->json) {
             printf(o->calib_ppl ? "predicted change %+.3f%% at the same mean target\n"
                                 : "predicted change %+.5f at the same mean target\n",
-                   cal_show(o, best[L * nsum + CAL_H * L]));
+                   cal_show(o, predicted));
             printf("--delta-layer-offsets ");
             for (int l = 0; l < L; l++)
                 printf("%s%g", l ? "," : "", dp.layer_offsets[l]);
@@ -461,9 +489,9 @@ static int calibrate(evaluator *e, const int32_t *toks, int n_tok)
         }
         if ((rc = eval_ppl(e, toks, n_tok, &dp, &r)) == 0)
             print_ppl(o, &dp, &r);
-        free(r.lst), free(r.kch);
+        result_free(&r);
     }
-    free(cost), free(best), free(pick);
+    free(cost), free(h);
     return rc;
 }
 
@@ -504,8 +532,7 @@ static int run_ppl(evaluator *e)
     else if (!o->sweep) {
         if ((rc = eval_ppl(e, toks, n_tok, &o->run.delta, &r)) == 0)
             print_ppl(o, &o->run.delta, &r);
-        free(r.lst);
-        free(r.kch);
+        result_free(&r);
     } else {
         if (!o->json)
             printf("| %-12s | window | prefill window | lag | elem sp | attn sp prefill | "
@@ -526,8 +553,7 @@ static int run_ppl(evaluator *e)
                 }
                 if ((rc = eval_ppl(e, toks, n_tok, &dp, &r)) == 0)
                     print_sweep_row(o, &dp, &r);
-                free(r.lst);
-                free(r.kch);
+                result_free(&r);
                 fflush(stdout);
             }
     }
