@@ -119,7 +119,7 @@
 struct dl_delta_cache {
     int n_layer, n_kv, d, n_ctx;
     int mb;          /* mask bytes per position */
-    int vb;          /* bytes per stored delta: 1 (E4M3) or 2 (fp16, exact mode) */
+    int vb;          /* bytes per stored delta: 1 (int8 x 2^pexp) or 2 (fp16, exact mode) */
     int ring_cap;    /* max(window, prefill window) + slack */
     int len;         /* positions appended by the last layer */
     dl_delta_params p;
@@ -315,6 +315,7 @@ static size_t head_layout(const dl_delta_cache *c, uint8_t *base, dl__dhead *h)
     DL__CARVE(ref, float, d);
     DL__CARVE(emask, uint16_t, (n / DL__DBLK) * d);
     DL__CARVE(blk, uint32_t, n / DL__DBLK + 1);
+    DL__CARVE(pexp, int8_t, c->vb == 1 ? n : 0);
     DL__CARVE(val, uint8_t, (n * d + 64) * (size_t)c->vb); /* +64: vector loads may read
                                                                  past the end */
     DL__CARVE(smask, uint8_t, (size_t)DL__DBLK * c->mb);
@@ -333,8 +334,10 @@ static void update_bytes(dl_delta_cache *c)
     uint64_t sink = n < (uint64_t)c->p.sink ? n : (uint64_t)c->p.sink;
     for (int i = 0; i < c->n_layer * c->n_kv; i++) {
         const dl__dhead *h = &c->heads[i];
-        /* masks: 2d bytes per completed block (= d bits per position), mb per open row */
+        /* masks: 2d bytes per completed block (= d bits per position), mb per open row;
+         * 8-bit deltas: one exponent byte per position */
         kb += d * 4 + (n / DL__DBLK) * d * 2 + (n % DL__DBLK) * (uint64_t)c->mb +
+              (c->vb == 1 ? n : 0) +
               (n / DL__DBLK + 1) * 4 + (uint64_t)h->blk[n / DL__DBLK] * (uint64_t)c->vb +
               (uint64_t)h->scnt * 2;
         kb += (ring + sink) * d * 2;
@@ -547,9 +550,9 @@ static void rebuild_ref(const dl_delta_cache *c, dl__dhead *h, int n, int nfull,
             float r = h->ref[e];
             int cnt = pop16(em[e]);
             if (h->vb == 1) {
-                for (int i = 0; i < cnt; i++)
-                    r += dl__e4m3_to_f32(v[i]);
-                v += cnt;
+                const int8_t *x = h->pexp + (size_t)b * DL__DBLK;
+                for (unsigned m = em[e]; m; m &= m - 1)
+                    r += (float)(int8_t)*v++ * dl__pow2f(x[__builtin_ctz(m)]);
             } else {
                 for (int i = 0; i < cnt; i++, v += 2) {
                     dl_fp16 x;
@@ -627,66 +630,21 @@ int dl_delta_cache_truncate(dl_delta_cache *c, int n)
 
 /* ---------------------------------------------------------------- encoding */
 
-/* The stored value of δ, as an fp16: with vb 2 δ rounded to fp16 (clamped to the half
- * range so that it never becomes inf); with vb 1 rounded to E4M3 (3 mantissa bits,
- * clamped to +-448). The encoder advances its reference by exactly this value, so the
- * rounding error is part of the next delta (closed loop) instead of accumulating.
- * Why 8 bits: the values are most of the stream's bytes (2 of every 2.25 bytes per
- * stored element at fp16). On stories260K (deltallm eval --sweep, targets 0.4-0.6 x
- * windows 8 / 32) E4M3 values left the element sparsity unchanged and moved Δppl by
- * -0.9 to +0.2 points (e.g. target 0.5 / window 32: +0.775% -> +0.796%, KL 0.00597 ->
- * 0.00627), for a K cache 49% instead of 74% of dense there. */
-/* δ clamped to +-448 and rounded to the nearest E4M3 value (ties to even), as a float:
- * 3 mantissa bits from 2^-6 up (rounding the fp32 bits), steps of 2^-9 (its subnormals)
- * below. No libm calls and no branches on the data path that matter: it runs for every
- * element the theta bisection simulates. */
-static inline float e4m3_round(float delta)
+/* The stored value of δ in fp16 mode (vb 2): δ rounded to fp16, clamped to the half range
+ * so that it never becomes inf. 8-bit mode (vb 1) rounds a whole position at once
+ * (encode_pos8). Either way the encoder advances its reference by exactly the stored
+ * value, so the rounding error is part of the next delta (closed loop) instead of
+ * accumulating. */
+static inline float fp16_round(float delta)
 {
-    float a = fabsf(delta);
-    a = a > 448.0f ? 448.0f : a;
-    uint32_t u;
-    memcpy(&u, &a, 4);
-    u = (u + 0x7FFFFu + ((u >> 20) & 1u)) & ~0xFFFFFu;
-    float rn, rs = ((a * 512.0f + 0x1p23f) - 0x1p23f) * (1.0f / 512.0f); /* ties to even */
-    memcpy(&rn, &u, 4);
-    return copysignf(a >= 0x1p-6f ? rn : rs, delta); /* both computed: no branch */
-}
-
-/* An E4M3 value (0 or 2^-9 <= |x| <= 448, 3 mantissa bits) as fp16 bits: exact, and
- * without the general conversion (rebias the exponent, keep the top mantissa bits). */
-static inline dl_fp16 e4m3_to_fp16(float x)
-{
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    uint32_t s = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
-    return (dl_fp16)(a ? s | (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu) : s);
-}
-
-static inline dl_fp16 delta_round(float delta, int vb)
-{
-    if (vb == 2) {
-        if (delta > 65504.0f)
-            delta = 65504.0f;
-        if (delta < -65504.0f)
-            delta = -65504.0f;
-        return dl_f32_to_fp16(delta);
-    }
-    return e4m3_to_fp16(e4m3_round(delta));
-}
-
-/* The E4M3 bits of a value delta_round(., 1) returned (fp16 bits h): exponent bias 7
- * instead of 15; below 2^-6 E4M3 is subnormal in steps of 2^-9. */
-static inline uint8_t e4m3_bits(dl_fp16 h)
-{
-    unsigned a = h & 0x7fffu, s = (h >> 8) & 0x80u;
-    if (a >= 9u << 10)
-        return (uint8_t)(s | ((a - (8u << 10)) >> 7));
-    return (uint8_t)(s | (a ? (0x400u | (a & 0x3ffu)) >> (16 - (a >> 10)) : 0));
+    delta = delta > 65504.0f ? 65504.0f : delta < -65504.0f ? -65504.0f : delta;
+    return dl_fp16_to_f32(dl_f32_to_fp16(delta));
 }
 
 /* The open block is complete: store it element-major (per element a 16-bit mask of the
  * positions it is stored at, then those values in position order). Two walks over the
- * set bits of the row masks: the element masks, then each value to its slot. */
+ * set bits of the row masks: the element masks, then each value to its slot. An 8-bit
+ * value's fp16 staging is n * 2^x exactly, so n comes back by scaling. */
 static void close_block(const dl_delta_cache *c, dl__dhead *h, int b)
 {
     int d = c->d, mb = c->mb, off[DL__DMAX];
@@ -710,7 +668,8 @@ static void close_block(const dl_delta_cache *c, dl__dhead *h, int b)
                 int at = off[e] + pop16(em[e] & ((1u << r) - 1));
                 dl_fp16 x = *sv++;
                 if (c->vb == 1)
-                    out[at] = e4m3_bits(x);
+                    out[at] = (uint8_t)(int8_t)(dl_fp16_to_f32(x) *
+                                                dl__pow2f(-h->pexp[b * DL__DBLK + r]));
                 else
                     memcpy(out + 2 * at, &x, 2);
             }
@@ -731,6 +690,38 @@ static void lag_pulls(float theta, const float *w, float lag, int d, float *pw)
  * the old reference. */
 static inline float lagged(float delta, float pw) { return delta - copysignf(pw, delta); }
 
+/* One position of one head in 8-bit mode: element e is stored when `first` (the first key
+ * is kept whole) or |k_e - r_e| w_e > theta; its value is the lagged δ rounded at the
+ * position's exponent (dl__i8_exp of the largest |value|), and r advances by it. With
+ * mask / val (mask zeroed by the caller) also sets the stored elements' bits and appends
+ * the values as fp16 (exact). Returns the number stored; *xo = the exponent. */
+static int encode_pos8(const float *k, int d, float *r, const float *w, float theta,
+                       const float *pw, int first, uint8_t *mask, dl_fp16 *val, int8_t *xo)
+{
+    float dv[DL__DMAX], mx = 0.0f;
+    int idx[DL__DMAX], n = 0;
+    for (int e = 0; e < d; e++) {
+        float delta = k[e] - r[e];
+        if (first || fabsf(delta) * w[e] > theta) {
+            float v = first ? delta : lagged(delta, pw[e]);
+            mx = fabsf(v) > mx ? fabsf(v) : mx;
+            dv[n] = v;
+            idx[n++] = e;
+        }
+    }
+    int x = dl__i8_exp(mx);
+    for (int i = 0; i < n; i++) {
+        float q = dl__i8_round(dv[i], x);
+        r[idx[i]] += q;
+        if (val) {
+            val[i] = dl_f32_to_fp16(q);
+            mask[idx[i] >> 3] |= (uint8_t)(1u << (idx[i] & 7));
+        }
+    }
+    *xo = (int8_t)x;
+    return n;
+}
+
 /* Append n keys (row stride ks) at positions p0.. of one head store; returns the number
  * of elements left zero. */
 static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *k, int ks,
@@ -749,22 +740,16 @@ static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *
         memset(m, 0, (size_t)mb);
         int stored = 0;
         if (c->vb == 1 && t > 0 && ops->encode8) /* vectorised, the same bits */
-            stored = ops->encode8(kt, d, h->ref, w, theta, pw, m, v);
+            stored = ops->encode8(kt, d, h->ref, w, theta, pw, m, v, h->pexp + t);
+        else if (c->vb == 1)
+            stored = encode_pos8(kt, d, h->ref, w, theta, pw, t == 0, m, v, h->pexp + t);
         else
             for (int e = 0; e < d; e++) {
                 float delta = kt[e] - h->ref[e];
                 if (t == 0 || fabsf(delta) * w[e] > theta) { /* the first key is kept whole */
-                    if (t > 0)
-                        delta = lagged(delta, pw[e]);
-                    if (c->vb == 1) { /* the E4M3 value is exact as a float and as an fp16 */
-                        float r = e4m3_round(delta);
-                        h->ref[e] += r;
-                        v[stored++] = e4m3_to_fp16(r);
-                    } else {
-                        dl_fp16 hv = delta_round(delta, c->vb);
-                        h->ref[e] += dl_fp16_to_f32(hv);
-                        v[stored++] = hv;
-                    }
+                    float r = fp16_round(t > 0 ? lagged(delta, pw[e]) : delta);
+                    h->ref[e] += r;
+                    v[stored++] = dl_f32_to_fp16(r);
                     m[e >> 3] |= (uint8_t)(1u << (e & 7));
                 }
             }
@@ -797,21 +782,18 @@ static uint64_t simulate_zeros(const dl_delta_cache *c, int layer, const float *
                 zeros += ops->sim_zeros(kt, (size_t)ks, n - a, d, r, w, theta, pw);
                 break;
             }
-            if (c->vb == 1 && c->len + a > 0) { /* the common case, without fp16 calls */
-                for (int e = 0; e < d; e++) {
-                    float delta = kt[e] - r[e];
-                    int keep = fabsf(delta) * w[e] > theta;
-                    r[e] += keep ? e4m3_round(lagged(delta, pw[e])) : 0.0f;
-                    zeros += (uint64_t)!keep;
-                }
+            if (c->vb == 1) {
+                int8_t x;
+                zeros += (uint64_t)(d - encode_pos8(kt, d, r, w, theta, pw, c->len + a == 0,
+                                                    NULL, NULL, &x));
                 continue;
             }
             for (int e = 0; e < d; e++) {
                 float delta = kt[e] - r[e];
                 if (c->len + a == 0)
-                    r[e] += dl_fp16_to_f32(delta_round(delta, c->vb));
+                    r[e] += fp16_round(delta);
                 else if (fabsf(delta) * w[e] > theta)
-                    r[e] += dl_fp16_to_f32(delta_round(lagged(delta, pw[e]), c->vb));
+                    r[e] += fp16_round(lagged(delta, pw[e]));
                 else
                     zeros++;
             }
@@ -1258,14 +1240,22 @@ static void oracle_append(dl_delta_cache *c, int layer, const float *k, const fl
         const float *w = c->qw + ((size_t)layer * c->n_kv + g) * d;
         for (int a = 0; a < n; a++) {
             size_t at = (hb + (size_t)p0 + a) * d;
+            const float *ka = k + (size_t)a * ks + (size_t)g * d;
+            float dv[DL__DMAX], mx = 0.0f; /* each element's change if stored */
+            int st[DL__DMAX];
             for (int e = 0; e < d; e++) {
-                float x = k[(size_t)a * ks + (size_t)g * d + e];
-                float delta = x - r[e];
-                if (p0 + a == 0)
-                    r[e] += dl_fp16_to_f32(delta_round(delta, c->vb));
-                else if (fabsf(delta) * w[e] > th) /* stop lag * th / w short of x */
-                    r[e] += dl_fp16_to_f32(delta_round(delta - copysignf(c->p.lag * (th / w[e]), delta), c->vb));
-                c->okey[at + e] = x;
+                float delta = ka[e] - r[e];
+                st[e] = p0 + a == 0 || fabsf(delta) * w[e] > th;
+                /* stop lag * th / w short of the key (not for the first key) */
+                dv[e] = p0 + a == 0 ? delta : delta - copysignf(c->p.lag * (th / w[e]), delta);
+                if (st[e] && fabsf(dv[e]) > mx)
+                    mx = fabsf(dv[e]);
+            }
+            int x = dl__i8_exp(mx); /* 8-bit: one exponent for the position */
+            for (int e = 0; e < d; e++) {
+                if (st[e])
+                    r[e] += c->vb == 1 ? dl__i8_round(dv[e], x) : fp16_round(dv[e]);
+                c->okey[at + e] = ka[e];
                 c->okhat[at + e] = r[e];
                 c->ov[at + e] = dl_fp16_to_f32(dl_f32_to_fp16(v[(size_t)a * ks + (size_t)g * d + e]));
             }

@@ -237,8 +237,9 @@ AI __m128 hsum4x(__m256 a0, __m256 a1, __m256 a2, __m256 a3)
     return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
 }
 
-/* Completed block b's values as fp32 into vbuf (8-bit ones x 256, delta_impl.h), with
- * 8 zeros after them for the expansion's loads past the end. */
+/* Completed block b's values as fp32 into vbuf (8-bit ones as their integers n, without
+ * their positions' 2^x: delta_impl.h), with 8 zeros after them for the expansion's loads
+ * past the end. */
 static void widen_block(const dl__dhead *h, int b, float *vbuf)
 {
     int n = (int)(h->blk[b + 1] - h->blk[b]), i = 0;
@@ -247,15 +248,21 @@ static void widen_block(const dl__dhead *h, int b, float *vbuf)
         for (; i < n; i += 8)
             _mm256_store_ps(vbuf + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vp + 2 * i))));
     } else {
-        const __m256 s256 = _mm256_set1_ps(256.0f);
-        const __m128i keep = _mm_set1_epi16((short)0xBFFF);
-        for (; i < n; i += 8) {
-            __m128i x = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(vp + i)));
-            x = _mm_and_si128(_mm_slli_epi16(x, 7), keep);
-            _mm256_store_ps(vbuf + i, _mm256_mul_ps(_mm256_cvtph_ps(x), s256));
-        }
+        for (; i < n; i += 8)
+            _mm256_store_ps(vbuf + i, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                          _mm_loadl_epi64((const __m128i *)(vp + i)))));
     }
     _mm256_store_ps(vbuf + i, _mm256_setzero_ps());
+}
+
+/* The scales 2^x of positions 16b + 8s .. + 7 (8-bit deltas), one per lane; 1 for fp16
+ * deltas. */
+AI __m256 lane_scales8(const dl__dhead *h, int b, int s)
+{
+    if (h->vb != 1)
+        return _mm256_set1_ps(1.0f);
+    __m256i x = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(h->pexp + (size_t)b * DL__DBLK + 8 * s)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(127)), 23));
 }
 
 /* A[i][0|1] lane j = q[i] . Δk of position 16b + j (lanes 0-7 | 8-15), four rows, from
@@ -488,10 +495,16 @@ static void attend_group_avx2(const dl__dunit *u, int dense)
                 open_cols(k, b, T - b * DL__DBLK < DL__DBLK ? T - b * DL__DBLK : DL__DBLK, vbuf);
             for (int g = 0; g < n4; g += 4) {
                 __m256 A[4][2];
-                if (full)
+                if (full) {
                     eblock4(h->emask + (size_t)b * d, vbuf, q + g, d, A);
-                else
+                    __m256 s0 = lane_scales8(h, b, 0), s1 = lane_scales8(h, b, 1);
+                    for (int i = 0; i < 4; i++) {
+                        A[i][0] = _mm256_mul_ps(A[i][0], s0);
+                        A[i][1] = _mm256_mul_ps(A[i][1], s1);
+                    }
+                } else {
                     oblock4(vbuf, q + g, d, A);
+                }
                 for (int i = 0; i < 4; i++) {
                     float *s = sc + (size_t)(g + i) * DL__GCH + (b * DL__DBLK - c0);
                     __m256 x0 = _mm256_add_ps(scan8(A[i][0]), carry[g + i]);
@@ -714,13 +727,16 @@ static void wdecode_block(const dl__dhead *h, int d, int rs, int b, int slot0, f
     int n[DL__DBLK] = { 0 };
     int32_t *o = off + (size_t)slot0 * d;
     float *v = val + (size_t)slot0 * d;
+    float sc[DL__DBLK];
+    for (int j = 0; j < DL__DBLK; j++)
+        sc[j] = h->vb == 1 ? dl__pow2f(h->pexp[b * DL__DBLK + j]) : 1.0f;
     for (int e = 0; e < d; e++) {
         int32_t oe = e * rs;
         for (unsigned m = em[e]; m; m &= m - 1) {
             int j = __builtin_ctz(m);
             size_t at = (size_t)j * d + (size_t)n[j]++;
             o[at] = oe;
-            v[at] = *vp++;
+            v[at] = *vp++ * sc[j];
         }
     }
     for (int j = 0; j < DL__DBLK; j++)
@@ -922,30 +938,55 @@ static void attend_wide_avx2(const dl__dunit *u, int dense)
 
 /* ---------------------------------------------------------------- theta bisection */
 
-/* E4M3 rounding as delta.c's e4m3_round, 8 lanes (see delta_avx512.c's twin). */
-AI __m256 e4m3_round8(__m256 delta)
-{
-    const __m256i absm = _mm256_set1_epi32(0x7fffffff);
-    __m256 a = _mm256_min_ps(_mm256_and_ps(delta, _mm256_castsi256_ps(absm)), _mm256_set1_ps(448.0f));
-    __m256i u = _mm256_castps_si256(a);
-    u = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7FFFF),
-                                             _mm256_and_si256(_mm256_srli_epi32(u, 20), _mm256_set1_epi32(1))));
-    __m256 rn = _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32(~0xFFFFF)));
-    __m256 rs = _mm256_add_ps(_mm256_mul_ps(a, _mm256_set1_ps(512.0f)), _mm256_set1_ps(0x1p23f));
-    rs = _mm256_mul_ps(_mm256_sub_ps(rs, _mm256_set1_ps(0x1p23f)), _mm256_set1_ps(1.0f / 512.0f));
-    __m256 m = _mm256_blendv_ps(rs, rn, _mm256_cmp_ps(a, _mm256_set1_ps(0x1p-6f), _CMP_GE_OQ));
-    return _mm256_or_ps(m, _mm256_andnot_ps(_mm256_castsi256_ps(absm), delta));
-}
-
-/* One 8-element step of the 8-bit closed-loop encoder (see delta_avx512.c's enc_step16):
- * returns the stored lanes as a mask vector, and in *rv the E4M3-rounded lagged deltas. */
-AI __m256 enc_step8(__m256 k, __m256 r, __m256 w, __m256 th, __m256 pw, __m256 *rv)
+/* The 8-bit encoder (delta.c's encode_pos8), 8 lanes at a time; see delta_avx512.c's
+ * enc_pos16 for the two passes. */
+AI __m256 enc_keep8(__m256 k, __m256 r, __m256 w, __m256 th, __m256 pw, __m256 *dv)
 {
     const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 delta = _mm256_sub_ps(k, r);
     __m256 ad = _mm256_and_ps(delta, absm);
-    *rv = e4m3_round8(_mm256_sub_ps(delta, _mm256_or_ps(pw, _mm256_andnot_ps(absm, delta))));
+    *dv = _mm256_sub_ps(delta, _mm256_or_ps(pw, _mm256_andnot_ps(absm, delta)));
     return _mm256_cmp_ps(_mm256_mul_ps(ad, w), th, _CMP_GT_OQ);
+}
+
+AI __m256 i8_round8(__m256 v, __m256 is, __m256 s)
+{
+    __m256 y = _mm256_mul_ps(v, is);
+    y = _mm256_min_ps(_mm256_set1_ps(127.0f), _mm256_max_ps(_mm256_set1_ps(-127.0f), y));
+    return _mm256_mul_ps(_mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), s);
+}
+
+AI int enc_pos8(const float *k, int d, float *r, const float *w, __m256 th, const float *pw,
+                uint8_t *mask, dl_fp16 *val, int8_t *xo)
+{
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 dv[DL__DHMAX / 8], keep[DL__DHMAX / 8], mx = _mm256_setzero_ps();
+    for (int c = 0; c < d / 8; c++) {
+        keep[c] = enc_keep8(_mm256_loadu_ps(k + 8 * c), _mm256_loadu_ps(r + 8 * c),
+                            _mm256_loadu_ps(w + 8 * c), th, _mm256_loadu_ps(pw + 8 * c), &dv[c]);
+        mx = _mm256_max_ps(_mm256_and_ps(keep[c], _mm256_and_ps(dv[c], absm)), mx);
+    }
+    float m8[8], m = 0.0f;
+    _mm256_storeu_ps(m8, mx);
+    for (int i = 0; i < 8; i++)
+        m = m8[i] > m ? m8[i] : m;
+    int x = dl__i8_exp(m), n = 0;
+    __m256 s = _mm256_set1_ps(dl__pow2f(x)), is = _mm256_set1_ps(dl__pow2f(-x));
+    for (int c = 0; c < d / 8; c++) {
+        __m256 q = i8_round8(dv[c], is, s), rr = _mm256_loadu_ps(r + 8 * c);
+        _mm256_storeu_ps(r + 8 * c, _mm256_add_ps(rr, _mm256_and_ps(keep[c], q)));
+        unsigned bits = (unsigned)_mm256_movemask_ps(keep[c]);
+        if (val) {
+            uint16_t h[8];
+            _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(q, _MM_FROUND_TO_NEAREST_INT));
+            mask[c] = (uint8_t)bits;
+            for (unsigned b = bits; b; b &= b - 1)
+                val[n + __builtin_popcount(bits & ((1u << __builtin_ctz(b)) - 1))] = h[__builtin_ctz(b)];
+        }
+        n += __builtin_popcount(bits);
+    }
+    *xo = (int8_t)x;
+    return n;
 }
 
 static uint64_t sim_zeros_avx2(const float *k, size_t ks, int n, int d, float *r,
@@ -953,47 +994,16 @@ static uint64_t sim_zeros_avx2(const float *k, size_t ks, int n, int d, float *r
 {
     __m256 th = _mm256_set1_ps(theta);
     uint64_t kept = 0;
-    for (int c0 = 0; c0 < d; c0 += 32) {
-        int nv = (d - c0) / 8 < 4 ? (d - c0) / 8 : 4;
-        __m256 rr[4], ww[4], pw[4];
-        for (int j = 0; j < nv; j++) {
-            rr[j] = _mm256_loadu_ps(r + c0 + 8 * j);
-            ww[j] = _mm256_loadu_ps(w + c0 + 8 * j);
-            pw[j] = _mm256_loadu_ps(pv + c0 + 8 * j);
-        }
-        for (int a = 0; a < n; a++) {
-            const float *kt = k + (size_t)a * ks + c0;
-            for (int j = 0; j < nv; j++) {
-                __m256 rv, keep = enc_step8(_mm256_loadu_ps(kt + 8 * j), rr[j], ww[j], th, pw[j],
-                                            &rv);
-                rr[j] = _mm256_add_ps(rr[j], _mm256_and_ps(keep, rv));
-                kept += (uint64_t)__builtin_popcount((unsigned)_mm256_movemask_ps(keep));
-            }
-        }
-        for (int j = 0; j < nv; j++)
-            _mm256_storeu_ps(r + c0 + 8 * j, rr[j]);
-    }
+    int8_t x;
+    for (int a = 0; a < n; a++)
+        kept += (uint64_t)enc_pos8(k + (size_t)a * ks, d, r, w, th, pv, NULL, NULL, &x);
     return (uint64_t)n * (uint64_t)d - kept;
 }
 
 static int encode8_avx2(const float *k, int d, float *r, const float *w, float theta,
-                        const float *pw, uint8_t *mask, dl_fp16 *val)
+                        const float *pw, uint8_t *mask, dl_fp16 *val, int8_t *xo)
 {
-    __m256 th = _mm256_set1_ps(theta);
-    int n = 0;
-    for (int c = 0; c < d; c += 8) {
-        __m256 rr = _mm256_loadu_ps(r + c), rv;
-        __m256 keep = enc_step8(_mm256_loadu_ps(k + c), rr, _mm256_loadu_ps(w + c), th,
-                                _mm256_loadu_ps(pw + c), &rv);
-        _mm256_storeu_ps(r + c, _mm256_add_ps(rr, _mm256_and_ps(keep, rv)));
-        unsigned bits = (unsigned)_mm256_movemask_ps(keep);
-        uint16_t h[8];
-        _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(rv, _MM_FROUND_TO_NEAREST_INT));
-        mask[c / 8] = (uint8_t)bits;
-        for (; bits; bits &= bits - 1)
-            val[n++] = h[__builtin_ctz(bits)];
-    }
-    return n;
+    return enc_pos8(k, d, r, w, _mm256_set1_ps(theta), pw, mask, val, xo);
 }
 
 const dl__dops dl__dops_avx2 = {

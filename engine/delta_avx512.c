@@ -744,14 +744,20 @@ AI __m512 scan16(__m512 x)
     return x;
 }
 
-/* 16 stored deltas from vp as fp32; 8-bit (E4M3) ones come out / 256 (delta_impl.h). */
+/* 16 stored deltas from vp as fp32; 8-bit ones come out as their integers n, without
+ * their positions' scales 2^x (delta_impl.h). */
 AI __m512 dvals16(const uint8_t *vp, const int VB)
 {
     if (VB == 2)
         return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)vp));
-    __m256i x = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)vp));
-    x = _mm256_and_si256(_mm256_slli_epi16(x, 7), _mm256_set1_epi16((short)0xBFFF));
-    return _mm512_cvtph_ps(x);
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)vp)));
+}
+
+/* The scales 2^x of block b's 16 positions (8-bit deltas), one per lane. */
+AI __m512 lane_scales(const dl__dhead *h, int b)
+{
+    __m512i x = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(h->pexp + (size_t)b * DL__DBLK)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(127)), 23));
 }
 
 /* A[i] lane j = q[i] . Δk of position 16b + j, four rows, from a completed block's element
@@ -783,19 +789,22 @@ static void eblock4f(const uint16_t *em, const float *vp, const float *const *q,
 static void eblock4(const dl__dhead *h, int b, const float *const *q, int d, __m512 *A,
                     float *vbuf)
 {
-    /* the block's values widened in one pass (8-bit ones: 4 instructions per 16 values,
-     * where widening each element's 16 lanes on the way cost 4 per element) */
+    /* the block's values widened in one pass; 8-bit ones as integers, each lane's sum
+     * scaled by its position's 2^x at the end */
     const uint8_t *vp = h->val + (size_t)h->blk[b] * h->vb;
     int n = (int)(h->blk[b + 1] - h->blk[b]);
     if (h->vb == 2) {
         for (int i = 0; i < n; i += 16)
             _mm512_storeu_ps(vbuf + i, dvals16(vp + 2 * i, 2));
-    } else {
-        const __m512 s256 = _mm512_set1_ps(256.0f);
-        for (int i = 0; i < n; i += 16)
-            _mm512_storeu_ps(vbuf + i, _mm512_mul_ps(dvals16(vp + i, 1), s256));
+        eblock4f(h->emask + (size_t)b * d, vbuf, q, d, A);
+        return;
     }
+    for (int i = 0; i < n; i += 16)
+        _mm512_storeu_ps(vbuf + i, dvals16(vp + i, 1));
     eblock4f(h->emask + (size_t)b * d, vbuf, q, d, A);
+    __m512 sc = lane_scales(h, b);
+    for (int i = 0; i < 4; i++)
+        A[i] = _mm512_mul_ps(A[i], sc);
 }
 
 /* The same for the open block (row-major staging, npos positions): its deltas are laid
@@ -1076,7 +1085,6 @@ AI void block_tile_v(const dl__dhead *h, int d, int b, float *tile, const int VB
 {
     const uint16_t *em = h->emask + (size_t)b * d;
     const uint8_t *vp = h->val + (size_t)h->blk[b] * VB;
-    const __m512 sc = _mm512_set1_ps(VB == 1 ? 256.0f : 1.0f);
     for (int c = 0; c < d; c += 16) {
         __m512 r[16];
         for (int i = 0; i < 16; i++) {
@@ -1085,8 +1093,11 @@ AI void block_tile_v(const dl__dhead *h, int d, int b, float *tile, const int VB
             vp += VB * __builtin_popcount(m);
         }
         transpose16(r);
-        for (int j = 0; j < 16; j++)
-            _mm512_store_ps(tile + (size_t)j * d + c, VB == 1 ? _mm512_mul_ps(r[j], sc) : r[j]);
+        for (int j = 0; j < 16; j++) /* row j is position 16b + j */
+            _mm512_store_ps(tile + (size_t)j * d + c,
+                            VB == 1 ? _mm512_mul_ps(r[j], _mm512_set1_ps(dl__pow2f(
+                                                              h->pexp[b * DL__DBLK + j])))
+                                    : r[j]);
     }
 }
 
@@ -1317,30 +1328,10 @@ static void attend_wide_avx512(const dl__dunit *u, int dense)
 
 /* ---------------------------------------------------------------- theta bisection */
 
-/* E4M3 rounding as delta.c's e4m3_round, 16 lanes: |δ| clamped to 448, 3 mantissa bits
- * rounded on the fp32 bits (ties to even), steps of 2^-9 below 2^-6; separate multiply
- * and add (no FMA), as the scalar code is compiled, so the results are the same bits. */
-AI __m512 e4m3_round16(__m512 delta)
-{
-    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
-    __m512 a = _mm512_min_ps(_mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(delta), absm)),
-                             _mm512_set1_ps(448.0f));
-    __m512i u = _mm512_castps_si512(a);
-    u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7FFFF),
-                                             _mm512_and_si512(_mm512_srli_epi32(u, 20), _mm512_set1_epi32(1))));
-    __m512 rn = _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32(~0xFFFFF)));
-    __m512 rs = _mm512_add_ps(_mm512_mul_ps(a, _mm512_set1_ps(512.0f)), _mm512_set1_ps(0x1p23f));
-    rs = _mm512_mul_ps(_mm512_sub_ps(rs, _mm512_set1_ps(0x1p23f)), _mm512_set1_ps(1.0f / 512.0f));
-    __mmask16 big = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0x1p-6f), _CMP_GE_OQ);
-    __m512 m = _mm512_mask_blend_ps(big, rs, rn);
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(m),
-                                               _mm512_andnot_si512(absm, _mm512_castps_si512(delta))));
-}
-
-/* One 16-element step of the 8-bit closed-loop encoder (delta.c's encode_head): the
- * elements with |k - r| * w > theta are stored; returns them, and in *rv their E4M3-rounded
- * lagged deltas, δ - copysign(pw, δ) (the reference advances by rv where stored). */
-AI __mmask16 enc_step16(__m512 k, __m512 r, __m512 w, __m512 th, __m512 pw, __m512 *rv)
+/* One 16-element step of the 8-bit encoder's first pass (delta.c's encode_pos8): the
+ * elements with |k - r| * w > theta are stored; returns them, and in *dv their lagged
+ * deltas δ - copysign(pw, δ), not yet rounded. */
+AI __mmask16 enc_keep16(__m512 k, __m512 r, __m512 w, __m512 th, __m512 pw, __m512 *dv)
 {
     const __m512i absm = _mm512_set1_epi32(0x7fffffff);
     __m512 delta = _mm512_sub_ps(k, r);
@@ -1348,61 +1339,70 @@ AI __mmask16 enc_step16(__m512 k, __m512 r, __m512 w, __m512 th, __m512 pw, __m5
     __m512 ad = _mm512_castsi512_ps(_mm512_and_si512(db, absm));
     __m512 sp = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(pw),
                                                     _mm512_andnot_si512(absm, db)));
-    *rv = e4m3_round16(_mm512_sub_ps(delta, sp));
+    *dv = _mm512_sub_ps(delta, sp);
     return _mm512_cmp_ps_mask(_mm512_mul_ps(ad, w), th, _CMP_GT_OQ);
 }
 
-/* Up to 4 vectors of channels per pass so that their dependency chains (each position's
- * reference depends on the previous one) overlap. */
+/* dl__i8_round, 16 lanes (is = 2^-x, s = 2^x); the clamps keep a NaN as the scalar
+ * ternaries do. */
+AI __m512 i8_round16(__m512 v, __m512 is, __m512 s)
+{
+    __m512 y = _mm512_mul_ps(v, is);
+    y = _mm512_min_ps(_mm512_set1_ps(127.0f), _mm512_max_ps(_mm512_set1_ps(-127.0f), y));
+    return _mm512_mul_ps(_mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), s);
+}
+
+/* One position through the 8-bit encoder: pass 1 keeps each chunk's stored lanes and
+ * lagged deltas and finds the largest |value|, pass 2 rounds at the position's exponent
+ * and advances r. st: when not NULL, the stored values (fp16) go to val and their bits to
+ * mask. Returns the number stored. */
+AI int enc_pos16(const float *k, int d, float *r, const float *w, __m512 th, const float *pw,
+                 uint8_t *mask, dl_fp16 *val, int8_t *xo)
+{
+    __m512 dv[DL__DHMAX / 16], mx = _mm512_setzero_ps();
+    __mmask16 keep[DL__DHMAX / 16];
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    for (int c = 0; c < d / 16; c++) {
+        keep[c] = enc_keep16(_mm512_loadu_ps(k + 16 * c), _mm512_loadu_ps(r + 16 * c),
+                             _mm512_loadu_ps(w + 16 * c), th, _mm512_loadu_ps(pw + 16 * c),
+                             &dv[c]);
+        __m512 a = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(dv[c]), absm));
+        mx = _mm512_max_ps(_mm512_maskz_mov_ps(keep[c], a), mx); /* a NaN is not taken */
+    }
+    int x = dl__i8_exp(_mm512_reduce_max_ps(mx)), n = 0;
+    __m512 s = _mm512_set1_ps(dl__pow2f(x)), is = _mm512_set1_ps(dl__pow2f(-x));
+    for (int c = 0; c < d / 16; c++) {
+        __m512 q = i8_round16(dv[c], is, s), rr = _mm512_loadu_ps(r + 16 * c);
+        _mm512_storeu_ps(r + 16 * c, _mm512_mask_add_ps(rr, keep[c], rr, q));
+        int cnt = __builtin_popcount(keep[c]);
+        if (val) { /* n * 2^x is exact in fp16; packed to the front under the mask */
+            __m512i h = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(q, _MM_FROUND_TO_NEAREST_INT));
+            _mm256_mask_storeu_epi16(val + n, (__mmask16)((1u << cnt) - 1),
+                                     _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(keep[c], h)));
+            mask[2 * c] = (uint8_t)keep[c];
+            mask[2 * c + 1] = (uint8_t)(keep[c] >> 8);
+        }
+        n += cnt;
+    }
+    *xo = (int8_t)x;
+    return n;
+}
+
 static uint64_t sim_zeros_avx512(const float *k, size_t ks, int n, int d, float *r,
                                  const float *w, float theta, const float *pv)
 {
     __m512 th = _mm512_set1_ps(theta);
     uint64_t kept = 0;
-    for (int c0 = 0; c0 < d; c0 += 64) {
-        int nv = (d - c0) / 16 < 4 ? (d - c0) / 16 : 4;
-        __m512 rr[4], ww[4], pw[4];
-        for (int j = 0; j < nv; j++) {
-            rr[j] = _mm512_loadu_ps(r + c0 + 16 * j);
-            ww[j] = _mm512_loadu_ps(w + c0 + 16 * j);
-            pw[j] = _mm512_loadu_ps(pv + c0 + 16 * j);
-        }
-        for (int a = 0; a < n; a++) {
-            const float *kt = k + (size_t)a * ks + c0;
-            for (int j = 0; j < nv; j++) {
-                __m512 rv;
-                __mmask16 keep = enc_step16(_mm512_loadu_ps(kt + 16 * j), rr[j], ww[j], th,
-                                            pw[j], &rv);
-                rr[j] = _mm512_mask_add_ps(rr[j], keep, rr[j], rv);
-                kept += (uint64_t)__builtin_popcount(keep);
-            }
-        }
-        for (int j = 0; j < nv; j++)
-            _mm512_storeu_ps(r + c0 + 16 * j, rr[j]);
-    }
+    int8_t x;
+    for (int a = 0; a < n; a++)
+        kept += (uint64_t)enc_pos16(k + (size_t)a * ks, d, r, w, th, pv, NULL, NULL, &x);
     return (uint64_t)n * (uint64_t)d - kept;
 }
 
 static int encode8_avx512(const float *k, int d, float *r, const float *w, float theta,
-                          const float *pw, uint8_t *mask, dl_fp16 *val)
+                          const float *pw, uint8_t *mask, dl_fp16 *val, int8_t *xo)
 {
-    __m512 th = _mm512_set1_ps(theta);
-    int n = 0;
-    for (int c = 0; c < d; c += 16) {
-        __m512 rr = _mm512_loadu_ps(r + c), rv;
-        __mmask16 keep = enc_step16(_mm512_loadu_ps(k + c), rr, _mm512_loadu_ps(w + c), th,
-                                    _mm512_loadu_ps(pw + c), &rv);
-        _mm512_storeu_ps(r + c, _mm512_mask_add_ps(rr, keep, rr, rv));
-        /* E4M3 values are exact in fp16; packed to the front under the mask */
-        __m512i h = _mm512_cvtepu16_epi32(_mm512_cvtps_ph(rv, _MM_FROUND_TO_NEAREST_INT));
-        int cnt = __builtin_popcount(keep);
-        _mm256_mask_storeu_epi16(val + n, (__mmask16)((1u << cnt) - 1),
-                                 _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(keep, h)));
-        mask[c / 8] = (uint8_t)keep;
-        mask[c / 8 + 1] = (uint8_t)(keep >> 8);
-        n += cnt;
-    }
-    return n;
+    return enc_pos16(k, d, r, w, _mm512_set1_ps(theta), pw, mask, val, xo);
 }
 
 const dl__dops dl__dops_avx512 = {

@@ -5,6 +5,7 @@
  *   The delta stream, in blocks of 16 positions (DL__DBLK):
  *   emask [n_ctx / 16][d]   completed blocks, element-major: bit j of emask[b][e] set =
  *                           element e of Δk at position 16b + j is stored
+ *   pexp  [n_ctx] int8      8-bit deltas: each position's scale exponent (see DL__XMIN)
  *   val   vb bytes each     the stored (nonzero) deltas of completed blocks, block after
  *                           block; inside a block element-major (element e's values for
  *                           positions j = 0..15 in order, then element e + 1's)
@@ -46,7 +47,8 @@ typedef struct dl__dhead {
     uint16_t *emask;
     uint32_t *blk;
     uint8_t *val;
-    int vb; /* bytes per value in val: 2 = fp16, 1 = E4M3 (see dl__e4m3_to_fp16) */
+    int vb; /* bytes per value in val: 2 = fp16, 1 = int8 n of n * 2^pexp[t] (below) */
+    int8_t *pexp; /* [n_ctx] with vb 1: the exponent of each position's values */
     uint8_t *smask;
     dl_fp16 *sval;
     int scnt; /* values in sval */
@@ -78,37 +80,45 @@ static inline uint32_t dl__delta_off(const dl__dhead *h, int d, int mb, int nful
     return o;
 }
 
-/* A stored 8-bit delta: E4M3 (sign, 4 exponent bits with bias 7, 3 mantissa bits; no
- * inf/NaN, largest 448). Its bits shifted into an fp16 give the value / 256 exactly
- * (normals and subnormals alike), which is how the vector kernels widen it
- * (vpmovsxbw, shift, and, vcvtph2ps, then x 256). As an fp16 it is exact too. */
-static inline dl_fp16 dl__e4m3_to_fp16(uint8_t b)
+/* 8-bit deltas (vb 1): a stored value is n * 2^x, n an integer in [-127, 127] (int8 in
+ * val) and x the exponent of its position (pexp[t], one per position and head): the
+ * smallest x in [DL__XMIN, DL__XMAX] with 127 * 2^x >= the position's largest |value|.
+ * n * 2^x is exact as an fp16 and as a float, so the open block's fp16 staging, the rows
+ * of dl__dblock_rows and the references all hold the same numbers. Why one scale per
+ * position: a decode kernel scores 16 positions per vector, and the integer products
+ * n * q summed over the elements of a position need one factor per lane. */
+#define DL__XMIN (-24) /* 2^-24: fp16's smallest step */
+#define DL__XMAX 8     /* 127 * 2^8 < 65504 */
+
+/* 2^x as a float (x in [-126, 127]). */
+static inline float dl__pow2f(int x)
 {
-    unsigned s = (unsigned)(b & 0x80) << 8, e = (b >> 3) & 15, m = b & 7;
-    if (e)
-        return (dl_fp16)(s | (e + 8) << 10 | m << 7);
-    if (!m)
-        return (dl_fp16)s;
-    /* subnormal m * 2^-9 = 1.f * 2^(p - 9), p = floor(log2 m) */
-    unsigned p = m >= 4 ? 2 : m >= 2 ? 1 : 0;
-    return (dl_fp16)(s | (p + 6) << 10 | ((m << (10 - p)) & 0x3FF));
+    uint32_t b = (uint32_t)(x + 127) << 23;
+    float f;
+    __builtin_memcpy(&f, &b, 4);
+    return f;
 }
 
-/* The same stored 8-bit delta as a float: the same value as
- * dl_fp16_to_f32(dl__e4m3_to_fp16(b)) without a branch on the data (random signs and
- * exponents mispredict): (8 + m) 2^(e - 10) for e > 0, m 2^-9 for e = 0. */
-static inline float dl__e4m3_to_f32(uint8_t b)
+/* The exponent of a position whose largest |value| is mx (>= 0). mx in [2^e, 2^(e+1)):
+ * 127 * 2^(e-6) = 1.984375 * 2^e is enough unless mx's significand is above 1.984375
+ * (mantissa bits above 0x7E0000). */
+static inline int dl__i8_exp(float mx)
 {
-    unsigned e = (b >> 3) & 15u, m = b & 7u;
-    unsigned mant = m | (unsigned)(e != 0) << 3, ex = e + 117u + (e == 0); /* 127 + e - 10 */
-    uint32_t sb = ex << 23, ab;
-    float scale, a;
-    __builtin_memcpy(&scale, &sb, 4);
-    a = (float)mant * scale;
-    __builtin_memcpy(&ab, &a, 4);
-    ab |= (uint32_t)(b & 0x80) << 24;
-    __builtin_memcpy(&a, &ab, 4);
-    return a;
+    uint32_t b;
+    __builtin_memcpy(&b, &mx, 4);
+    int e = (int)(b >> 23) - 127, x = e - 6 + ((b & 0x7FFFFFu) > 0x7E0000u);
+    return b < 0x00800000u || x < DL__XMIN ? DL__XMIN : x > DL__XMAX ? DL__XMAX : x;
+}
+
+/* v stored at exponent x: n = v / 2^x rounded to the nearest integer (ties to even),
+ * clamped to [-127, 127]; returns n * 2^x. */
+static inline float dl__i8_round(float v, int x)
+{
+    float y = v * dl__pow2f(-x);
+    y = y > 127.0f ? 127.0f : y < -127.0f ? -127.0f : y;
+    /* |y| <= 127: the add rounds |y| to an integer; the sign (of a zero too) is kept */
+    y = __builtin_copysignf((__builtin_fabsf(y) + 0x1.8p23f) - 0x1.8p23f, y);
+    return y * dl__pow2f(x);
 }
 
 /* Completed block b back to rows: mrow [16][mb] masks, vrow the values row after row.
@@ -131,7 +141,7 @@ static inline int dl__dblock_rows(const dl__dhead *h, int d, int mb, int b, uint
             int j = __builtin_ctz(x);
             dl_fp16 hv;
             if (h->vb == 1)
-                hv = dl__e4m3_to_fp16(*v++);
+                hv = dl_f32_to_fp16((float)(int8_t)*v++ * dl__pow2f(h->pexp[b * DL__DBLK + j]));
             else
                 __builtin_memcpy(&hv, v, 2), v += 2;
             vrow[at[j]++] = hv;
@@ -235,17 +245,18 @@ typedef struct dl__dops {
     void (*attend_wide)(const dl__dunit *u, int dense);
     int wide_max_rs, wide_max_d;
     /* The theta bisection's simulation of the 8-bit closed-loop encoder (delta.c,
-     * simulate_zeros), bit for bit: n keys of d elements (row stride ks) against the
-     * references r (updated), element e stored when |k - r| * w[e] > theta, r advanced by
-     * the E4M3-rounded δ - copysign(pw[e], δ) (pw: delta.c's lag_pulls). Returns the
-     * elements left zero. NULL: the scalar loop. */
+     * simulate_zeros / encode_pos8), bit for bit: n keys of d elements (row stride ks)
+     * against the references r (updated), element e stored when |k - r| * w[e] > theta, r
+     * advanced by δ - copysign(pw[e], δ) (pw: delta.c's lag_pulls) rounded at the
+     * position's exponent (dl__i8_exp, dl__i8_round). Returns the elements left zero.
+     * NULL: the scalar loop. */
     uint64_t (*sim_zeros)(const float *k, size_t ks, int n, int d, float *r, const float *w,
                           float theta, const float *pw);
     /* The same encoder step for one key, storing: sets bit e of mask[d / 8] (zeroed by the
-     * caller) and appends the stored E4M3 values as fp16 to val, in element order; r is
-     * advanced. Returns the values stored. NULL: the scalar loop. */
+     * caller), appends the stored values as fp16 (exact) to val in element order and the
+     * exponent to *xo; r is advanced. Returns the values stored. NULL: the scalar loop. */
     int (*encode8)(const float *k, int d, float *r, const float *w, float theta,
-                   const float *pw, uint8_t *mask, dl_fp16 *val);
+                   const float *pw, uint8_t *mask, dl_fp16 *val, int8_t *xo);
     /* For the fused prefill kernel: completed blocks 0 .. nblk-1 of a head decoded into
      * (offset e * rs + lane of Q^T, fp32 value) pairs, key by key: key t's are at
      * [kst[t], kst[t + 1]) (kst[0] = base). off / val need room for the head's stored

@@ -73,40 +73,71 @@ static const float *pq(const prob *p, int l, int t) { return p->q + ((size_t)l *
 
 static float r16(float x) { return dl_fp16_to_f32(dl_f32_to_fp16(x)); }
 
-/* x rounded to the nearest E4M3 value (ties to even), clamped to +-448: written from the
- * format's definition (3 mantissa bits, exponents -6 .. 8, subnormal step 2^-9) */
-static float r8(float x)
+/* 8-bit values, written from the format's definition (delta_impl.h): a position's
+ * exponent x is the smallest integer in [-24, 8] with 127 * 2^x >= its largest |value|,
+ * and each value is rounded to the nearest multiple of 2^x (ties to even), at most
+ * 127 * 2^x in magnitude. */
+static int r8_exp(double mx)
 {
-    x = x > 448 ? 448 : x < -448 ? -448 : x;
-    int ex;
-    frexpf(x, &ex); /* |x| in [2^(ex-1), 2^ex) */
-    double step = ldexp(1.0, (ex - 1 < -6 ? -6 : ex - 1) - 3);
-    return (float)(nearbyint((double)x / step) * step);
+    int x = -24;
+    while (x < 8 && ldexp(127, x) < mx)
+        x++;
+    return x;
+}
+static float r8(float v, int x)
+{
+    double y = (double)v / ldexp(1, x);
+    y = y > 127 ? 127 : y < -127 ? -127 : y;
+    return (float)(nearbyint(y) * ldexp(1, x));
 }
 
-/* The stored delta as the cache rounds it: vb 2 = fp16, 1 = E4M3 */
+/* The stored values: vb 2 = fp16, 1 = 8-bit */
 static int g_vb = 2;
-static float rdelta(float x) { return g_vb == 1 ? r8(x) : r16(x); }
+
+/* Spec section 2 for one key of one head (d elements), with this file's own rounding:
+ * element e is stored when first (the first key is kept whole) or |δ| w_e > theta, its
+ * change stopping lag * theta / w_e short of the key; r advances by the stored value.
+ * Returns the number stored; with m / v also their mask bits and fp16 values. */
+static int oracle_key(const float *k, int d, float *r, const float *w, float theta, float lag,
+                      int first, int vb, uint8_t *m, dl_fp16 *v)
+{
+    float dv[512];
+    int st[512], n = 0;
+    double mx = 0;
+    for (int e = 0; e < d; e++) {
+        float delta = k[e] - r[e];
+        st[e] = first || fabsf(delta) * w[e] > theta;
+        if (st[e]) {
+            dv[e] = first ? delta : delta - copysignf(lag * (theta / w[e]), delta);
+            mx = fmax(mx, fabs(dv[e]));
+        }
+    }
+    int x = r8_exp(mx);
+    for (int e = 0; e < d; e++)
+        if (st[e]) {
+            float s = vb == 1 ? r8(dv[e], x) : r16(dv[e]);
+            r[e] += s;
+            if (v) {
+                v[n] = dl_f32_to_fp16(s);
+                m[e / 8] |= (uint8_t)(1u << (e % 8));
+            }
+            n++;
+        }
+    return n;
+}
 
 /* k̂ for layer l, all positions, given the theta used by each call (theta_at[t]) and the
- * channel weights (w_at[t][n_kv * d]): element i is stored when |δ| w > theta, and then
- * stops lag * theta / w short of the key. */
+ * channel weights (w_at[t][n_kv * d]). */
 static void oracle_khat(const prob *p, int l, const float *theta_at, const float *w_at,
                         float lag, float *khat)
 {
-    int w = p->n_kv * p->d;
+    int w = p->n_kv * p->d, d = p->d;
     float *r = calloc((size_t)w, sizeof(float));
     for (int t = 0; t < p->T; t++) {
-        const float *k = pk(p, l, t);
-        for (int i = 0; i < w; i++) {
-            float delta = k[i] - r[i];
-            float wi = w_at[(size_t)t * w + i];
-            if (t == 0)
-                r[i] += rdelta(delta);
-            else if (fabsf(delta) * wi > theta_at[t])
-                r[i] += rdelta(delta - copysignf(lag * (theta_at[t] / wi), delta));
-            khat[(size_t)t * w + i] = r[i];
-        }
+        for (int g = 0; g < p->n_kv; g++)
+            oracle_key(pk(p, l, t) + g * d, d, r + g * d, w_at + (size_t)t * w + g * d,
+                       theta_at[t], lag, t == 0, g_vb, NULL, NULL);
+        memcpy(khat + (size_t)t * w, r, (size_t)w * sizeof(float));
     }
     free(r);
 }
@@ -538,10 +569,9 @@ static void sum_deltas(const dl__dhead *h, int d, int n, float *out)
                 if (h->emask[(size_t)b * d + e] >> j & 1) {
                     dl_fp16 x;
                     if (h->vb == 1)
-                        x = dl__e4m3_to_fp16(*v8);
+                        out[e] += (float)ldexp((int8_t)*v8, h->pexp[b * DL__DBLK + j]);
                     else
-                        memcpy(&x, v8, 2);
-                    out[e] += dl_fp16_to_f32(x);
+                        memcpy(&x, v8, 2), out[e] += dl_fp16_to_f32(x);
                     v8 += h->vb;
                 }
     ck_assert_ptr_eq(v8, h->val + (size_t)h->blk[nfull] * h->vb);
@@ -802,7 +832,7 @@ START_TEST(test_bytes_and_target)
     double per_tok = (double)(st->k_cache_bytes - fixed) / ((double)T * n_kv);
     int vb = dl__delta_head(c, 0, 0)->vb;
     ck_assert_int_eq(vb, 1);
-    double spec = d / 8.0 + vb * rho * d + 4.0 / 16;
+    double spec = d / 8.0 + vb * rho * d + 4.0 / 16 + 1; /* + the exponent byte */
     ck_assert_msg(fabs(per_tok - spec) < 1e-6 * spec, "K bytes/token %g vs spec %g", per_tok, spec);
     ck_assert_uint_eq(st->k_cache_dense_bytes, (uint64_t)T * n_kv * d * 2);
     ck_assert_uint_eq(st->v_cache_bytes, (uint64_t)T * n_kv * d * 2);
@@ -959,17 +989,25 @@ START_TEST(test_score_change)
 }
 END_TEST
 
-/* Every 8-bit stored delta widens to the format's value (sign, (8 + m) 2^(e - 10) or, for
- * e = 0, m 2^-9), bit for bit the same by both scalar routes the cache uses. */
-START_TEST(test_e4m3_widen)
+/* The engine's exponent and rounding helpers against the definitions above, and n 2^x
+ * exact in fp16 over the whole range. */
+START_TEST(test_i8_format)
 {
-    for (int b = 0; b < 256; b++) {
-        int e = (b >> 3) & 15, m = b & 7;
-        float want = (float)ldexp(e ? 8 + m : m, e ? e - 10 : -9) * (b & 0x80 ? -1.0f : 1.0f);
-        float a = dl__e4m3_to_f32((uint8_t)b), h = dl_fp16_to_f32(dl__e4m3_to_fp16((uint8_t)b));
-        ck_assert_mem_eq(&a, &want, sizeof a);
-        ck_assert_mem_eq(&h, &want, sizeof h);
-    }
+    for (int x = -30; x <= 12; x++)
+        for (int i = 0; i < 400; i++) {
+            float mx = (float)ldexp(0.5 + i / 400.0, x + 7), v = mx * (float)(urand() * 2 - 1);
+            if (i == 0)
+                mx = (float)ldexp(127, x); /* exactly 127 * 2^x: x itself */
+            int want = r8_exp(mx);
+            ck_assert_msg(dl__i8_exp(mx) == want, "mx %.9g: %d vs %d", mx, dl__i8_exp(mx), want);
+            float a = dl__i8_round(v, want), b = r8(v, want);
+            ck_assert_mem_eq(&a, &b, sizeof a);
+            ck_assert(dl_fp16_to_f32(dl_f32_to_fp16(a)) == a);
+        }
+    ck_assert_int_eq(dl__i8_exp(0), -24);
+    ck_assert_int_eq(dl__i8_exp(1e30f), 8);
+    ck_assert(dl__i8_round(1e30f, 8) == 127 * 256.0f);
+    ck_assert(dl__i8_round(2.5f, 0) == 2.0f && dl__i8_round(3.5f, 0) == 4.0f); /* ties */
 }
 END_TEST
 
@@ -981,7 +1019,7 @@ END_TEST
 START_TEST(test_theta_same_on_every_isa)
 {
     /* the SIMD simulation itself against a loop written from the spec with this file's
-     * own E4M3 rounding: deltas from 2^-12 (E4M3 subnormals, zeros) to past 448 */
+     * own 8-bit rounding: deltas from 2^-12 to 2^9 */
     static const dl__dops *const simd[] = { &dl__dops_avx2, &dl__dops_avx512 };
     static const int sdims[] = { 8, 16, 48, 64, 80 };
     for (int si = 0; si < 2; si++) {
@@ -1009,13 +1047,8 @@ START_TEST(test_theta_same_on_every_isa)
                     for (int e = 0; e < d; e++) /* the kernels take the pulls precomputed */
                         pw[e] = w[e] > 0 ? lag * (theta / w[e]) : 0;
                     for (int a = 0; a < n; a++)
-                        for (int e = 0; e < d; e++) {
-                            float delta = k[(size_t)a * d + e] - r0[e];
-                            if (fabsf(delta) * w[e] > theta)
-                                r0[e] += r8(delta - copysignf(lag * (theta / w[e]), delta));
-                            else
-                                zeros++;
-                        }
+                        zeros += (uint64_t)(d - oracle_key(k + (size_t)a * d, d, r0, w, theta,
+                                                           lag, 0, 1, NULL, NULL));
                     ck_assert_uint_eq(simd[si]->sim_zeros(k, (size_t)d, n, d, r1, w, theta, pw),
                                       zeros);
                     for (int e = 0; e < d; e++)
@@ -1031,34 +1064,31 @@ START_TEST(test_theta_same_on_every_isa)
                     const float *kt = k + (size_t)a * d;
                     uint8_t m0[10] = { 0 }, m1[10] = { 0 };
                     dl_fp16 v0[80], v1[80];
-                    int n0 = 0;
-                    for (int e = 0; e < d; e++) {
-                        float delta = kt[e] - r0[e];
-                        if (fabsf(delta) * w[e] > 0.3f) {
-                            float s = r8(delta - copysignf(lag * (0.3f / w[e]), delta));
-                            r0[e] += s;
-                            v0[n0++] = dl_f32_to_fp16(s);
-                            m0[e / 8] |= (uint8_t)(1u << (e % 8));
-                        }
-                    }
-                    ck_assert_int_eq(simd[si]->encode8(kt, d, r1, w, 0.3f, pw, m1, v1), n0);
+                    int8_t x1;
+                    int n0 = oracle_key(kt, d, r0, w, 0.3f, lag, 0, 1, m0, v0);
+                    ck_assert_int_eq(simd[si]->encode8(kt, d, r1, w, 0.3f, pw, m1, v1, &x1), n0);
                     ck_assert(!memcmp(m0, m1, sizeof m0) && !memcmp(v0, v1, (size_t)n0 * sizeof *v0));
+                    /* the exponent: the rounded largest value (> 63.5 2^x) still names it */
+                    double mx = 0;
+                    for (int i = 0; i < n0; i++)
+                        mx = fmax(mx, fabs(dl_fp16_to_f32(v0[i])));
+                    ck_assert_int_eq(x1, r8_exp(mx));
                     for (int e = 0; e < d; e++)
                         ck_assert(r1[e] == r0[e]);
                 }
             }
-            /* exact ties between two E4M3 values go to the even one, in both ranges */
+            /* exact ties between two multiples of 2^x go to the even one: the largest value
+             * 127 * 2^-3 makes x = -3, the others are (m + 1/2) 2^-3 */
             for (int i = 0; i < d; i++) {
-                int m = i % 8;
                 pw[i] = 0;
-                k[i] = i % 2 ? (1.0f + (2 * m + 1) / 16.0f) * ldexpf(1, i % 7 - 3)
-                             : ldexpf(2 * m + 1, -10) * (i % 4 ? 1 : -1);
+                k[i] = i == 0 ? 127 * 0.125f : (float)((i % 40 - 20) + 0.5) * 0.125f;
                 r1[i] = 0;
                 w[i] = 1;
             }
             ck_assert_uint_eq(simd[si]->sim_zeros(k, (size_t)d, 1, d, r1, w, -1.0f, pw), 0);
             for (int e = 0; e < d; e++)
-                ck_assert_msg(r1[e] == r8(k[e]), "tie d %d e %d: %.9g vs %.9g", d, e, r1[e], r8(k[e]));
+                ck_assert_msg(r1[e] == r8(k[e], -3), "tie d %d e %d: %.9g vs %.9g", d, e, r1[e],
+                              r8(k[e], -3));
             free(k);
         }
     }
@@ -1336,7 +1366,7 @@ static Suite *delta_suite(void)
     tcase_add_test(tc, test_theta_zero_dense);
     tcase_add_test(tc, test_closed_loop);
     tcase_add_loop_test(tc, test_truncate, 0, 2);
-    tcase_add_test(tc, test_e4m3_widen);
+    tcase_add_test(tc, test_i8_format);
     tcase_add_test(tc, test_shared_scratch);
     tcase_add_test(tc, test_bytes_and_target);
     tcase_add_test(tc, test_layer_targets);
