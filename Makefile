@@ -75,9 +75,10 @@ $(BUILD)/%.o: %.c | $(BUILD)/.deps
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(PKG_CFLAGS) -MMD -MP -c $< -o $@
 
-# Instruction-set specific kernels: compiled for the ISA, called only after cpu dispatch.
-$(BUILD)/engine/%_avx2.o:   override CFLAGS += -mavx2 -mfma -mf16c
-$(BUILD)/engine/%_avx512.o: override CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c
+# Instruction-set specific kernels: compiled for the ISA, called only after cpu dispatch
+# (POPCNT: every AVX2 CPU has it; without the flag __builtin_popcount is a libgcc call).
+$(BUILD)/engine/%_avx2.o:   override CFLAGS += -mavx2 -mfma -mf16c -mpopcnt
+$(BUILD)/engine/%_avx512.o: override CFLAGS += -mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512vnni -mavx2 -mfma -mf16c -mpopcnt
 
 $(LIB): $(ENGINE_OBJ)
 	@rm -f $@

@@ -120,6 +120,7 @@ struct dl_delta_cache {
     int n_layer, n_kv, d, n_ctx;
     int mb;          /* mask bytes per position */
     int vb;          /* bytes per stored delta: 1 (int8 x 2^pexp) or 2 (fp16, exact mode) */
+    int quad;        /* completed blocks in the quad layout (delta_impl.h) */
     int ring_cap;    /* max(window, prefill window) + slack */
     int len;         /* positions appended by the last layer */
     dl_delta_params p;
@@ -146,6 +147,8 @@ struct dl_delta_cache {
 };
 
 static int g_oracle_mode;
+static int g_quad_allow = 1; /* dl__delta_quad_allow */
+static const dl__dops *cache_ops(const dl_delta_cache *c);
 static double g_oracle_err;
 int dl__delta_timing;
 static _Atomic uint64_t g_score_ns;
@@ -378,6 +381,8 @@ dl_delta_cache *dl_delta_cache_create(int n_layer, int n_head_kv, int head_dim, 
                     p->sparsity_target == 0
                 ? 2
                 : 1;
+    c->quad = c->vb == 1 && g_quad_allow && dl__delta_ops(head_dim) == &dl__dops_avx512 &&
+              dl__dops_avx512.has_quad && dl__dops_avx512.has_quad();
     c->p = *p;
     c->ring_cap = (p->prefill_window > p->window ? p->prefill_window : p->window) +
                   DL__RING_SLACK;
@@ -407,6 +412,7 @@ dl_delta_cache *dl_delta_cache_create(int n_layer, int n_head_kv, int head_dim, 
     {
         head_layout(c, (uint8_t *)c->map + (size_t)i * per, &c->heads[i]);
         c->heads[i].vb = c->vb;
+        c->heads[i].quad = c->quad;
     }
     for (int l = 0; l < n_layer; l++)
         c->theta[l] = p->sparsity_target < 0 ? p->theta : -1.0f;
@@ -546,6 +552,16 @@ static void rebuild_ref(const dl_delta_cache *c, dl__dhead *h, int n, int nfull,
     const uint8_t *v = h->val;
     for (int b = 0; b < bulk; b++) {
         const uint16_t *em = h->emask + (size_t)b * d;
+        if (h->quad) { /* each element's values still come in position order */
+            const uint64_t *qm = (const uint64_t *)(const void *)em;
+            for (int q = 0; q < d / 4; q++)
+                for (uint64_t m = qm[q]; m; m &= m - 1) {
+                    int bit = __builtin_ctzll(m);
+                    h->ref[4 * q + (bit & 3)] +=
+                        (float)(int8_t)*v++ * dl__pow2f(h->pexp[b * DL__DBLK + (bit >> 2)]);
+                }
+            continue;
+        }
         for (int e = 0; e < d; e++) {
             float r = h->ref[e];
             int cnt = pop16(em[e]);
@@ -648,6 +664,35 @@ static inline float fp16_round(float delta)
 static void close_block(const dl_delta_cache *c, dl__dhead *h, int b)
 {
     int d = c->d, mb = c->mb, off[DL__DMAX];
+    if (h->quad) { /* 8-bit: per quad a 64-bit mask, values in its bit order */
+        uint64_t *qm = (uint64_t *)(void *)(h->emask + (size_t)b * d);
+        memset(qm, 0, (size_t)(d / 4) * sizeof *qm);
+        for (int r = 0; r < DL__DBLK; r++)
+            for (int i = 0; i < mb; i++)
+                for (unsigned bits = h->smask[r * mb + i]; bits; bits &= bits - 1) {
+                    int e = i * 8 + __builtin_ctz(bits);
+                    qm[e >> 2] |= 1ull << (4 * r + (e & 3));
+                }
+        int cnt = 0;
+        for (int q = 0; q < d / 4; q++) {
+            off[q] = cnt;
+            cnt += __builtin_popcountll(qm[q]);
+        }
+        uint8_t *out = h->val + h->blk[b];
+        const dl_fp16 *sv = h->sval;
+        for (int r = 0; r < DL__DBLK; r++) {
+            float is = dl__pow2f(-h->pexp[b * DL__DBLK + r]);
+            for (int i = 0; i < mb; i++)
+                for (unsigned bits = h->smask[r * mb + i]; bits; bits &= bits - 1) {
+                    int e = i * 8 + __builtin_ctz(bits), bit = 4 * r + (e & 3);
+                    int at = off[e >> 2] + __builtin_popcountll(qm[e >> 2] & ((1ull << bit) - 1));
+                    out[at] = (uint8_t)(int8_t)(dl_fp16_to_f32(*sv++) * is);
+                }
+        }
+        h->blk[b + 1] = h->blk[b] + (uint32_t)cnt;
+        h->scnt = 0;
+        return;
+    }
     uint16_t *em = h->emask + (size_t)b * d;
     memset(em, 0, (size_t)d * sizeof *em);
     for (int r = 0; r < DL__DBLK; r++)
@@ -728,7 +773,7 @@ static uint64_t encode_head(const dl_delta_cache *c, dl__dhead *h, const float *
                             int p0, int n, float theta, const float *w)
 {
     int d = c->d, mb = c->mb;
-    const dl__dops *ops = dl__delta_ops(d);
+    const dl__dops *ops = cache_ops(c);
     uint64_t zeros = 0;
     float pw[DL__DMAX];
     lag_pulls(theta, w, c->p.lag, d, pw);
@@ -769,7 +814,7 @@ static uint64_t simulate_zeros(const dl_delta_cache *c, int layer, const float *
                                float theta, int g0, int g1)
 {
     int d = c->d, ks = c->n_kv * d;
-    const dl__dops *ops = dl__delta_ops(d);
+    const dl__dops *ops = cache_ops(c);
     uint64_t zeros = 0;
     for (int g = g0; g < g1; g++) {
         float r[DL__DMAX], pw[DL__DMAX];
@@ -1030,9 +1075,8 @@ static void unit_worker(void *arg, int ith, int nth)
     }
 }
 
-static int tile_rows(int d)
+static int tile_rows(const dl__dops *ops, int d)
 {
-    const dl__dops *ops = dl__delta_ops(d);
     return ops->attend_wide && d <= ops->wide_max_d ? 2 * DL__TILE_ROWS : DL__TILE_ROWS;
 }
 
@@ -1209,13 +1253,13 @@ static void predecode_call(const dl_delta_cache *c, dl_pool *pool, dl__dcall *cl
 
 static void run_call(dl_delta_cache *c, dl_pool *pool, dl__dcall *cl)
 {
-    int tr = tile_rows(c->d);
+    cl->ops = cache_ops(c);
+    int tr = tile_rows(cl->ops, c->d);
     cl->ta = tr / cl->G > 1 ? tr / cl->G : 1;
     if (cl->ta > cl->n)
         cl->ta = cl->n;
     cl->rs = round16(cl->ta * cl->G);
     cl->n_tiles = (cl->n + cl->ta - 1) / cl->ta;
-    cl->ops = dl__delta_ops(c->d);
     predecode_call(c, pool, cl);
     atomic_init(&cl->next, 0);
     dl_pool_run(pool, unit_worker, cl);
@@ -1425,6 +1469,15 @@ const dl__dhead *dl__delta_head(const dl_delta_cache *c, int layer, int g)
 }
 
 int dl__delta_ring_cap(const dl_delta_cache *c) { return c->ring_cap; }
+
+void dl__delta_quad_allow(int on) { g_quad_allow = on; }
+
+/* The kernels of cache c: those of its head dim, but a quad-layout cache keeps the ones
+ * that read it (a test may force a lower ISA after creating it). */
+static const dl__dops *cache_ops(const dl_delta_cache *c)
+{
+    return c->quad ? &dl__dops_avx512 : dl__delta_ops(c->d);
+}
 
 const dl__dops *dl__delta_ops(int d)
 {

@@ -37,7 +37,8 @@ typedef struct dl_delta_params {
     int n_layer_offsets;   /* 0, or the model's layer count: sparsity_target + offset l is
                               layer l's target (clamped to [0, 0.99]); see delta.c */
     float layer_offsets[DL_DELTA_MAX_LAYER_OFFSETS]; /* each in [-1, 1] */
-    int value_bits;        /* stored deltas: 8 (E4M3; 0 means 8) or 16 (fp16). Either way
+    int value_bits;        /* stored deltas: 8 (int8 with one power-of-two scale per
+                              position; 0 means 8) or 16 (fp16). Either way
                               fp16 when every element is kept (theta 0 / target 0) */
 } dl_delta_params;
 

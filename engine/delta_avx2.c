@@ -190,8 +190,8 @@ static void softmax_pv_avx2(const dl__dunit *u)
  * vpermps whose lane i takes packed value popcount(m & ((1 << i) - 1)), then an and that
  * zeroes the lanes whose bit is clear. Both come from one table entry per byte m: lanes
  * with the bit set hold 0xFFFFFFF8 | index (vpermps reads only the low 3 bits), the
- * others 0. The and keeps the value exact because every value here is an fp16 (or an
- * E4M3 x 256) widened to fp32, whose low 13 mantissa bits are zero.
+ * others 0. The and keeps the value exact because every value here is an fp16 or an
+ * 8-bit delta's integer widened to fp32, whose low 13 mantissa bits are zero.
  * Cost: at head dim 64 and 4 rows the delta scores take 32 FMAs per key (whatever the
  * sparsity: columns are expanded to all 16 lanes) and P.V another 32, so the kernel is
  * close to FMA-bound; measured (2-core EPYC, Llama-3.2-1B shape, one decode step) 2.0x

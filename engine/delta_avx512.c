@@ -9,6 +9,7 @@
  *     Key t's packed deltas are expanded once (vcvtph2ps + vexpandps under the 16-bit
  *     mask chunks) and dotted with every row's query; the stream is read once per KV head.
  */
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
 
@@ -831,6 +832,74 @@ static void oblock4(const dl__dkeys *k, int b, int npos, const float *const *q, 
     }
 }
 
+/* ---- the quad layout (delta_impl.h): integer dot products, 4 elements per lane */
+
+/* q as 16-bit integers for the quad kernel: q ~ sq * n, n = round(q / sq) in
+ * [-32767, 32767] with sq = max |q_e| / 32767 (an error of at most sq / 2 per element,
+ * below fp16's rounding of a key), stored as u = n + 32768 = 256 H + L with H and L
+ * unsigned bytes, four elements to a 32-bit word: qh / ql [d / 4]. */
+static void quant_q(const float *q, int d, uint32_t *qh, uint32_t *ql, float *sq)
+{
+    __m512 mx = _mm512_setzero_ps();
+    for (int e = 0; e < d; e += 16)
+        mx = _mm512_max_ps(mx, _mm512_abs_ps(_mm512_loadu_ps(q + e)));
+    float m = _mm512_reduce_max_ps(mx);
+    *sq = m / 32767.0f;
+    __m512 inv = _mm512_set1_ps(m > 0 ? 32767.0f / m : 0.0f);
+    for (int e = 0; e < d; e += 16) {
+        __m512i n = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(q + e), inv));
+        n = _mm512_min_epi32(_mm512_max_epi32(n, _mm512_set1_epi32(-32767)), _mm512_set1_epi32(32767));
+        __m512i u = _mm512_add_epi32(n, _mm512_set1_epi32(32768));
+        _mm_storeu_si128((__m128i *)(qh + e / 4), _mm512_cvtepi32_epi8(_mm512_srli_epi32(u, 8)));
+        _mm_storeu_si128((__m128i *)(ql + e / 4),
+                         _mm512_cvtepi32_epi8(_mm512_and_si512(u, _mm512_set1_epi32(255))));
+    }
+}
+
+/* A[i] lane j = q[i] . Δk of position 16b + j for four rows, from a quad-layout block:
+ * per quad one vpexpandb (16 positions x 4 elements) and per row two vpdpbusd (the high
+ * and low bytes of u), plus one for Σ n, shared: Σ n q = 256 Σ n H + Σ n L - 32768 Σ n,
+ * exact in int32 (|Σ| < 127 * 32767 * 256 < 2^31; the parts wrap consistently). The
+ * lanes are then scaled by sq_i 2^x_j. */
+__attribute__((target("avx512vbmi2"))) static void qblock4(const dl__dhead *h, int b, int d,
+                                                           const uint32_t (*qh)[DL__GDMAX / 4],
+                                                           const uint32_t (*ql)[DL__GDMAX / 4],
+                                                           const float *sq, __m512 *A)
+{
+    const uint64_t *qm = (const uint64_t *)(const void *)(h->emask + (size_t)b * d);
+    const uint8_t *vp = h->val + h->blk[b];
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i S = _mm512_setzero_si512(), H[4], L[4];
+    for (int i = 0; i < 4; i++)
+        H[i] = L[i] = _mm512_setzero_si512();
+    for (int q = 0; q < d / 4; q++) {
+        uint64_t m = qm[q];
+        __m512i v = _mm512_maskz_expandloadu_epi8(m, vp);
+        vp += __builtin_popcountll(m);
+        S = _mm512_dpbusd_epi32(S, ones, v);
+        #pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            H[i] = _mm512_dpbusd_epi32(H[i], _mm512_set1_epi32((int)qh[i][q]), v);
+            L[i] = _mm512_dpbusd_epi32(L[i], _mm512_set1_epi32((int)ql[i][q]), v);
+        }
+    }
+    __m512 sc = lane_scales(h, b);
+    __m512i s15 = _mm512_slli_epi32(S, 15);
+    for (int i = 0; i < 4; i++) {
+        __m512i t = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(H[i], 8), L[i]), s15);
+        A[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(sc, _mm512_set1_ps(sq[i])));
+    }
+}
+
+/* AVX512_VBMI2 (vpexpandb): CPUID leaf 7, ECX bit 6. */
+static int has_quad_avx512(void)
+{
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return 0;
+    return (c >> 6) & 1;
+}
+
 #define DL__GCH 512 /* keys per chunk of the delta decode kernel */
 
 /* Delta decode units (see above), in chunks of DL__GCH keys so that the compute-heavy
@@ -856,9 +925,13 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
     float *acc[DL__GROUP_ROWS];
     float mx[DL__GROUP_ROWS], sum[DL__GROUP_ROWS], corr[DL__GROUP_ROWS];
     __m512 carry[DL__GROUP_ROWS];
+    uint32_t qh[DL__GROUP_ROWS][DL__GDMAX / 4], ql[DL__GROUP_ROWS][DL__GDMAX / 4];
+    float sq[DL__GROUP_ROWS];
     /* padding rows repeat row 0 into spare rows (acc has rs >= 16 rows) */
     for (int r = 0; r < n4; r++) {
         q[r] = u->Q + (size_t)(r < rows ? r : 0) * d;
+        if (h->quad)
+            quant_q(q[r], d, qh[r], ql[r], &sq[r]);
         acc[r] = u->acc + (size_t)r * d;
         p[r] = sc + (size_t)r * DL__GCH;
         for (int e = 0; e < d; e += 16)
@@ -877,9 +950,21 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
             const char *vb = (const char *)(h->v + (size_t)b * DL__DBLK * d);
             for (int l = 0; l < DL__DBLK * d * 2; l += 64) /* V of these keys, for P.V */
                 _mm_prefetch(vb + l, _MM_HINT_T1);
+            if (b + 3 < k->nfull) { /* the stream three blocks ahead: at 4096 keys (K + V
+                                     * past L2) the score phase waited on it, 1.6x longer */
+                const char *ea = (const char *)(h->emask + (size_t)(b + 3) * d);
+                const char *va = (const char *)(h->val + (size_t)h->blk[b + 3] * h->vb);
+                const char *vz = (const char *)(h->val + (size_t)h->blk[b + 4] * h->vb);
+                for (int l = 0; l < d * 2; l += 64)
+                    _mm_prefetch(ea + l, _MM_HINT_T0);
+                for (; va < vz; va += 64)
+                    _mm_prefetch(va, _MM_HINT_T0);
+            }
             for (int g = 0; g < n4; g += 4) {
                 __m512 A[4];
-                if (b < k->nfull)
+                if (b < k->nfull && h->quad)
+                    qblock4(h, b, d, qh + g, ql + g, sq + g, A);
+                else if (b < k->nfull)
                     eblock4(h, b, q + g, d, A, colT);
                 else
                     oblock4(k, b, T - b * DL__DBLK < DL__DBLK ? T - b * DL__DBLK : DL__DBLK,
@@ -1103,7 +1188,18 @@ AI void block_tile_v(const dl__dhead *h, int d, int b, float *tile, const int VB
 
 static void block_tile(const dl__dhead *h, int d, int b, float *tile)
 {
-    if (h->vb == 1)
+    if (h->quad) { /* the prefill decodes each block once per call: a scalar walk */
+        const uint64_t *qm = (const uint64_t *)(const void *)(h->emask + (size_t)b * d);
+        const int8_t *vp = (const int8_t *)h->val + h->blk[b];
+        for (int i = 0; i < DL__DBLK * d; i += 16)
+            _mm512_store_ps(tile + i, _mm512_setzero_ps());
+        for (int q = 0; q < d / 4; q++)
+            for (uint64_t m = qm[q]; m; m &= m - 1) {
+                int bit = __builtin_ctzll(m), j = bit >> 2;
+                tile[(size_t)j * d + 4 * q + (bit & 3)] =
+                    (float)*vp++ * dl__pow2f(h->pexp[b * DL__DBLK + j]);
+            }
+    } else if (h->vb == 1)
         block_tile_v(h, d, b, tile, 1);
     else
         block_tile_v(h, d, b, tile, 2);
@@ -1416,4 +1512,5 @@ const dl__dops dl__dops_avx512 = {
     .sim_zeros = sim_zeros_avx512,
     .encode8 = encode8_avx512,
     .predecode = predecode_avx512,
+    .has_quad = has_quad_avx512,
 };

@@ -14,6 +14,13 @@
  *   sval  [16 d] fp16         = element e of position 16b + j is stored; its values
  *                             position after position (row-major packed). When the 16th
  *                             position arrives the block is transposed into emask / val.
+ *   Quad layout (8-bit deltas, head dim a multiple of 16, AVX-512 with VBMI2; chosen per
+ *   cache at creation, h->quad): emask's bytes hold d / 4 64-bit masks per completed block
+ *   instead, qmask[b][Q]: bit 4j + i set = element 4Q + i of position 16b + j stored; the
+ *   values follow quad after quad, each quad's in bit order (position-major). Why: one
+ *   vpexpandb puts a quad's values of 16 positions into 16 lanes of 4 bytes, and one
+ *   vpdpbusd per query head then adds four elements' products into each position's lane
+ *   (delta_avx512.c, qblock4), a quarter of the element-major kernel's multiply-adds.
  *   Why element-major: a decode step scores all query heads of a group against 16 keys
  *   at once as q_h[e] x (element e of the 16 deltas, one vector) — no horizontal sums —
  *   and the running sum along the keys becomes a 16-lane prefix scan of scores (the
@@ -49,6 +56,7 @@ typedef struct dl__dhead {
     uint8_t *val;
     int vb; /* bytes per value in val: 2 = fp16, 1 = int8 n of n * 2^pexp[t] (below) */
     int8_t *pexp; /* [n_ctx] with vb 1: the exponent of each position's values */
+    int quad;     /* completed blocks in the quad layout (above) */
     uint8_t *smask;
     dl_fp16 *sval;
     int scnt; /* values in sval */
@@ -68,7 +76,12 @@ static inline uint32_t dl__delta_off(const dl__dhead *h, int d, int mb, int nful
     uint32_t o = h->blk[b];
     if (!j)
         return o;
-    if (b < nfull) {
+    if (b < nfull && h->quad) {
+        const uint64_t *qm = (const uint64_t *)(const void *)h->emask + (size_t)b * (d / 4);
+        uint64_t below = (1ull << 4 * j) - 1;
+        for (int q = 0; q < d / 4; q++)
+            o += (uint32_t)__builtin_popcountll(qm[q] & below);
+    } else if (b < nfull) {
         const uint16_t *em = h->emask + (size_t)b * d;
         unsigned below = (1u << j) - 1;
         for (int e = 0; e < d; e++)
@@ -129,6 +142,24 @@ static inline int dl__dblock_rows(const dl__dhead *h, int d, int mb, int b, uint
     const uint16_t *em = h->emask + (size_t)b * d;
     const uint8_t *v = h->val + (size_t)h->blk[b] * h->vb;
     int at[DL__DBLK + 1] = { 0 };
+    if (h->quad) { /* 8-bit; for each position the elements come in order */
+        const uint64_t *qm = (const uint64_t *)(const void *)em;
+        for (int q = 0; q < d / 4; q++)
+            for (uint64_t x = qm[q]; x; x &= x - 1)
+                at[(__builtin_ctzll(x) >> 2) + 1]++;
+        for (int j = 0; j < DL__DBLK; j++)
+            at[j + 1] += at[j];
+        int total = at[DL__DBLK];
+        __builtin_memset(mrow, 0, (size_t)DL__DBLK * mb);
+        for (int q = 0; q < d / 4; q++)
+            for (uint64_t x = qm[q]; x; x &= x - 1) {
+                int bit = __builtin_ctzll(x), j = bit >> 2, e = 4 * q + (bit & 3);
+                vrow[at[j]++] = dl_f32_to_fp16((float)(int8_t)*v++ *
+                                               dl__pow2f(h->pexp[b * DL__DBLK + j]));
+                mrow[j * mb + (e >> 3)] |= (uint8_t)(1u << (e & 7));
+            }
+        return total;
+    }
     for (int e = 0; e < d; e++)
         for (unsigned x = em[e]; x; x &= x - 1)
             at[__builtin_ctz(x) + 1]++;
@@ -263,6 +294,8 @@ typedef struct dl__dops {
      * values + 16. NULL: each unit decodes the blocks itself. */
     void (*predecode)(const dl__dhead *h, int d, int rs, int nblk, int32_t base,
                       int32_t *kst, int32_t *off, float *val);
+    /* Nonzero when this CPU runs the quad layout's kernels (see the top). NULL: never. */
+    int (*has_quad)(void);
 } dl__dops;
 
 #define DL__GROUP_ROWS 16
@@ -333,6 +366,10 @@ uint64_t dl__delta_score_ns(void);
 extern int dl__delta_timing;
 uint64_t dl__delta_now_ns(void);
 void dl__delta_add_score_ns(uint64_t ns);
+
+/* Test hook: 0 keeps caches created from now on element-major (default 1: the quad layout
+ * where the kernels have it). */
+void dl__delta_quad_allow(int on);
 
 /* The kernels in use for head dim d (AVX-512 needs d % 16 == 0, AVX2 d % 8 == 0). */
 const dl__dops *dl__delta_ops(int d);

@@ -93,6 +93,7 @@ static float r8(float v, int x)
 
 /* The stored values: vb 2 = fp16, 1 = 8-bit */
 static int g_vb = 2;
+static int g_quad_on = 1; /* the quad layout allowed (use_isa) */
 
 /* Spec section 2 for one key of one head (d elements), with this file's own rounding:
  * element e is stored when first (the first key is kept whole) or |δ| w_e > theta, its
@@ -206,6 +207,10 @@ static double run_case(const prob *p, const dl_delta_params *dp, const int *chun
     dl_delta_cache *c = dl_delta_cache_create(p->n_layer, p->n_kv, d, p->T, dp, err, sizeof err);
     ck_assert_msg(c != NULL, "%s", err);
     g_vb = dl__delta_head(c, 0, 0)->vb;
+    /* the layout the kernels read: quad wherever it can be */
+    ck_assert_int_eq(dl__delta_head(c, 0, 0)->quad,
+                     g_vb == 1 && d % 16 == 0 && g_quad_on && dl_isa_active() == DL_ISA_AVX512 &&
+                         dl__dops_avx512.has_quad());
     /* 8-bit deltas unless every element is kept (theta 0 / target 0) */
     ck_assert_int_eq(g_vb, (dp->sparsity_target < 0 && dp->theta == 0) ||
                                dp->sparsity_target == 0 ? 2 : 1);
@@ -276,7 +281,9 @@ static double run_prefill_decode(const prob *p, const dl_delta_params *dp, int n
     return e;
 }
 
-static const enum dl_isa isas[] = { DL_ISA_SCALAR, DL_ISA_AVX2, DL_ISA_AVX512 };
+/* AVX-512 twice: with the quad layout where the CPU has it (caches of 8-bit deltas and a
+ * head dim that is a multiple of 16), then element-major */
+static const enum dl_isa isas[] = { DL_ISA_SCALAR, DL_ISA_AVX2, DL_ISA_AVX512, DL_ISA_AVX512 };
 
 static int isa_available(enum dl_isa isa) { return dl_isa_detect() >= isa; }
 
@@ -286,7 +293,16 @@ static int use_isa(size_t ii)
     if (!isa_available(isas[ii]))
         return 0;
     dl_isa_force(isas[ii]);
+    g_quad_on = ii != 3;
+    dl__delta_quad_allow(g_quad_on);
     return 1;
+}
+
+static void reset_isa(void)
+{
+    dl_isa_force(dl_isa_detect());
+    g_quad_on = 1;
+    dl__delta_quad_allow(1);
 }
 
 /* ---------------------------------------------------------------- tests */
@@ -429,7 +445,7 @@ START_TEST(test_oracle_sliding)
             prob_free(&p);
         }
     }
-    dl_isa_force(dl_isa_detect());
+    reset_isa();
 }
 END_TEST
 
@@ -494,7 +510,7 @@ START_TEST(test_oracle_modes)
         ck_assert_msg(e < 2e-4, "d=8: %g", e);
         prob_free(&p);
     }
-    dl_isa_force(dl_isa_detect());
+    reset_isa();
     dl_pool_free(pool);
 }
 END_TEST
@@ -530,7 +546,7 @@ START_TEST(test_decode_shapes)
                 prob_free(&p);
             }
     }
-    dl_isa_force(dl_isa_detect());
+    reset_isa();
 }
 END_TEST
 
@@ -551,7 +567,7 @@ START_TEST(test_theta_zero_dense)
         ck_assert_msg(e < 3e-3, "theta 0 vs dense: %g", e);
         prob_free(&p);
     }
-    dl_isa_force(dl_isa_detect());
+    reset_isa();
 }
 END_TEST
 
@@ -563,7 +579,14 @@ static void sum_deltas(const dl__dhead *h, int d, int n, float *out)
     int mb = (d + 7) / 8, nfull = n / DL__DBLK;
     memset(out, 0, (size_t)d * sizeof(float));
     const uint8_t *v8 = h->val;
-    for (int b = 0; b < nfull; b++)
+    for (int b = 0; b < nfull && h->quad; b++) { /* per quad of elements a 64-bit mask */
+        const uint64_t *qm = (const uint64_t *)(const void *)(h->emask + (size_t)b * d);
+        for (int q = 0; q < d / 4; q++)
+            for (int bit = 0; bit < 64; bit++)
+                if (qm[q] >> bit & 1)
+                    out[4 * q + bit % 4] += (float)ldexp((int8_t)*v8++, h->pexp[b * DL__DBLK + bit / 4]);
+    }
+    for (int b = 0; b < nfull && !h->quad; b++)
         for (int e = 0; e < d; e++)
             for (int j = 0; j < DL__DBLK; j++)
                 if (h->emask[(size_t)b * d + e] >> j & 1) {
@@ -903,7 +926,7 @@ START_TEST(test_short_last_tile)
             prob_free(&p);
         }
     }
-    dl_isa_force(dl_isa_detect());
+    reset_isa();
 }
 END_TEST
 
@@ -1129,7 +1152,7 @@ START_TEST(test_theta_same_on_every_isa)
                 ck_assert_uint_eq(z, ref_zeros);
             dl_delta_cache_free(c);
         }
-        dl_isa_force(dl_isa_detect());
+        reset_isa();
         free(out);
         prob_free(&p);
     }
@@ -1219,7 +1242,7 @@ START_TEST(test_fused_prefill)
                 prob_free(&p);
             }
     }
-    dl_isa_force(dl_isa_detect());
+    reset_isa();
 }
 END_TEST
 
@@ -1252,7 +1275,7 @@ START_TEST(test_decode_long)
             prob_free(&p);
         }
     }
-    dl_isa_force(dl_isa_detect());
+    reset_isa();
 }
 END_TEST
 
@@ -1284,7 +1307,7 @@ START_TEST(test_decode_dims8)
                 prob_free(&p);
             }
     }
-    dl_isa_force(dl_isa_detect());
+    reset_isa();
 }
 END_TEST
 
@@ -1349,7 +1372,7 @@ START_TEST(test_dense_decode)
             prob_free(&p);
         }
     }
-    dl_isa_force(dl_isa_detect());
+    reset_isa();
 }
 END_TEST
 
