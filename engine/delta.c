@@ -148,7 +148,13 @@ struct dl_delta_cache {
 
 static int g_oracle_mode;
 static int g_quad_allow = 1; /* dl__delta_quad_allow */
-static const dl__dops *cache_ops(const dl_delta_cache *c);
+
+/* The kernels of cache c: those of its head dim, but a quad-layout cache keeps the ones
+ * that read it (a test may force a lower ISA after creating it). */
+static const dl__dops *cache_ops(const dl_delta_cache *c)
+{
+    return c->quad ? &dl__dops_avx512 : dl__delta_ops(c->d);
+}
 static double g_oracle_err;
 int dl__delta_timing;
 static _Atomic uint64_t g_score_ns;
@@ -381,8 +387,8 @@ dl_delta_cache *dl_delta_cache_create(int n_layer, int n_head_kv, int head_dim, 
                     p->sparsity_target == 0
                 ? 2
                 : 1;
-    c->quad = c->vb == 1 && g_quad_allow && dl__delta_ops(head_dim) == &dl__dops_avx512 &&
-              dl__dops_avx512.has_quad && dl__dops_avx512.has_quad();
+    const dl__dops *ops = dl__delta_ops(head_dim);
+    c->quad = c->vb == 1 && g_quad_allow && ops->has_quad && ops->has_quad();
     c->p = *p;
     c->ring_cap = (p->prefill_window > p->window ? p->prefill_window : p->window) +
                   DL__RING_SLACK;
@@ -553,12 +559,12 @@ static void rebuild_ref(const dl_delta_cache *c, dl__dhead *h, int n, int nfull,
     for (int b = 0; b < bulk; b++) {
         const uint16_t *em = h->emask + (size_t)b * d;
         if (h->quad) { /* each element's values still come in position order */
-            const uint64_t *qm = (const uint64_t *)(const void *)em;
+            const uint64_t *qm = dl__qmask(h, d, b);
             for (int q = 0; q < d / 4; q++)
                 for (uint64_t m = qm[q]; m; m &= m - 1) {
                     int bit = __builtin_ctzll(m);
                     h->ref[4 * q + (bit & 3)] +=
-                        (float)(int8_t)*v++ * dl__pow2f(h->pexp[b * DL__DBLK + (bit >> 2)]);
+                        dl__i8_value(h, b * DL__DBLK + (bit >> 2), (int8_t)*v++);
                 }
             continue;
         }
@@ -566,9 +572,8 @@ static void rebuild_ref(const dl_delta_cache *c, dl__dhead *h, int n, int nfull,
             float r = h->ref[e];
             int cnt = pop16(em[e]);
             if (h->vb == 1) {
-                const int8_t *x = h->pexp + (size_t)b * DL__DBLK;
                 for (unsigned m = em[e]; m; m &= m - 1)
-                    r += (float)(int8_t)*v++ * dl__pow2f(x[__builtin_ctz(m)]);
+                    r += dl__i8_value(h, b * DL__DBLK + __builtin_ctz(m), (int8_t)*v++);
             } else {
                 for (int i = 0; i < cnt; i++, v += 2) {
                     dl_fp16 x;
@@ -657,6 +662,12 @@ static inline float fp16_round(float delta)
     return dl_fp16_to_f32(dl_f32_to_fp16(delta));
 }
 
+/* The int8 n of an 8-bit value staged as the fp16 n * 2^x (exact), x = the exponent. */
+static inline uint8_t i8_bits(dl_fp16 staged, int x)
+{
+    return (uint8_t)(int8_t)(dl_fp16_to_f32(staged) * dl__pow2f(-x));
+}
+
 /* The open block is complete: store it element-major (per element a 16-bit mask of the
  * positions it is stored at, then those values in position order). Two walks over the
  * set bits of the row masks: the element masks, then each value to its slot. An 8-bit
@@ -680,15 +691,13 @@ static void close_block(const dl_delta_cache *c, dl__dhead *h, int b)
         }
         uint8_t *out = h->val + h->blk[b];
         const dl_fp16 *sv = h->sval;
-        for (int r = 0; r < DL__DBLK; r++) {
-            float is = dl__pow2f(-h->pexp[b * DL__DBLK + r]);
+        for (int r = 0; r < DL__DBLK; r++)
             for (int i = 0; i < mb; i++)
                 for (unsigned bits = h->smask[r * mb + i]; bits; bits &= bits - 1) {
                     int e = i * 8 + __builtin_ctz(bits), bit = 4 * r + (e & 3);
                     int at = off[e >> 2] + __builtin_popcountll(qm[e >> 2] & ((1ull << bit) - 1));
-                    out[at] = (uint8_t)(int8_t)(dl_fp16_to_f32(*sv++) * is);
+                    out[at] = i8_bits(*sv++, h->pexp[b * DL__DBLK + r]);
                 }
-        }
         h->blk[b + 1] = h->blk[b] + (uint32_t)cnt;
         h->scnt = 0;
         return;
@@ -713,8 +722,7 @@ static void close_block(const dl_delta_cache *c, dl__dhead *h, int b)
                 int at = off[e] + pop16(em[e] & ((1u << r) - 1));
                 dl_fp16 x = *sv++;
                 if (c->vb == 1)
-                    out[at] = (uint8_t)(int8_t)(dl_fp16_to_f32(x) *
-                                                dl__pow2f(-h->pexp[b * DL__DBLK + r]));
+                    out[at] = i8_bits(x, h->pexp[b * DL__DBLK + r]);
                 else
                     memcpy(out + 2 * at, &x, 2);
             }
@@ -1471,13 +1479,6 @@ const dl__dhead *dl__delta_head(const dl_delta_cache *c, int layer, int g)
 int dl__delta_ring_cap(const dl_delta_cache *c) { return c->ring_cap; }
 
 void dl__delta_quad_allow(int on) { g_quad_allow = on; }
-
-/* The kernels of cache c: those of its head dim, but a quad-layout cache keeps the ones
- * that read it (a test may force a lower ISA after creating it). */
-static const dl__dops *cache_ops(const dl_delta_cache *c)
-{
-    return c->quad ? &dl__dops_avx512 : dl__delta_ops(c->d);
-}
 
 const dl__dops *dl__delta_ops(int d)
 {

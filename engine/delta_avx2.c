@@ -493,11 +493,12 @@ static void attend_group_avx2(const dl__dunit *u, int dense)
                 widen_block(h, b, vbuf);
             else
                 open_cols(k, b, T - b * DL__DBLK < DL__DBLK ? T - b * DL__DBLK : DL__DBLK, vbuf);
+            __m256 s0 = full ? lane_scales8(h, b, 0) : _mm256_setzero_ps();
+            __m256 s1 = full ? lane_scales8(h, b, 1) : _mm256_setzero_ps();
             for (int g = 0; g < n4; g += 4) {
                 __m256 A[4][2];
                 if (full) {
                     eblock4(h->emask + (size_t)b * d, vbuf, q + g, d, A);
-                    __m256 s0 = lane_scales8(h, b, 0), s1 = lane_scales8(h, b, 1);
                     for (int i = 0; i < 4; i++) {
                         A[i][0] = _mm256_mul_ps(A[i][0], s0);
                         A[i][1] = _mm256_mul_ps(A[i][1], s1);
@@ -729,7 +730,7 @@ static void wdecode_block(const dl__dhead *h, int d, int rs, int b, int slot0, f
     float *v = val + (size_t)slot0 * d;
     float sc[DL__DBLK];
     for (int j = 0; j < DL__DBLK; j++)
-        sc[j] = h->vb == 1 ? dl__pow2f(h->pexp[b * DL__DBLK + j]) : 1.0f;
+        sc[j] = h->vb == 1 ? dl__i8_value(h, b * DL__DBLK + j, 1) : 1.0f;
     for (int e = 0; e < d; e++) {
         int32_t oe = e * rs;
         for (unsigned m = em[e]; m; m &= m - 1) {
@@ -976,14 +977,15 @@ AI int enc_pos8(const float *k, int d, float *r, const float *w, __m256 th, cons
         __m256 q = i8_round8(dv[c], is, s), rr = _mm256_loadu_ps(r + 8 * c);
         _mm256_storeu_ps(r + 8 * c, _mm256_add_ps(rr, _mm256_and_ps(keep[c], q)));
         unsigned bits = (unsigned)_mm256_movemask_ps(keep[c]);
-        if (val) {
-            uint16_t h[8];
-            _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(q, _MM_FROUND_TO_NEAREST_INT));
-            mask[c] = (uint8_t)bits;
-            for (unsigned b = bits; b; b &= b - 1)
-                val[n + __builtin_popcount(bits & ((1u << __builtin_ctz(b)) - 1))] = h[__builtin_ctz(b)];
+        if (!val) {
+            n += __builtin_popcount(bits);
+            continue;
         }
-        n += __builtin_popcount(bits);
+        uint16_t h[8];
+        _mm_storeu_si128((__m128i *)h, _mm256_cvtps_ph(q, _MM_FROUND_TO_NEAREST_INT));
+        mask[c] = (uint8_t)bits;
+        for (; bits; bits &= bits - 1)
+            val[n++] = h[__builtin_ctz(bits)];
     }
     *xo = (int8_t)x;
     return n;

@@ -866,7 +866,7 @@ __attribute__((target("avx512vbmi2"))) static void qblock4(const dl__dhead *h, i
                                                            const uint32_t (*ql)[DL__GDMAX / 4],
                                                            const float *sq, __m512 *A)
 {
-    const uint64_t *qm = (const uint64_t *)(const void *)(h->emask + (size_t)b * d);
+    const uint64_t *qm = dl__qmask(h, d, b);
     const uint8_t *vp = h->val + h->blk[b];
     const __m512i ones = _mm512_set1_epi8(1);
     __m512i S = _mm512_setzero_si512(), H[4], L[4];
@@ -1189,15 +1189,14 @@ AI void block_tile_v(const dl__dhead *h, int d, int b, float *tile, const int VB
 static void block_tile(const dl__dhead *h, int d, int b, float *tile)
 {
     if (h->quad) { /* the prefill decodes each block once per call: a scalar walk */
-        const uint64_t *qm = (const uint64_t *)(const void *)(h->emask + (size_t)b * d);
+        const uint64_t *qm = dl__qmask(h, d, b);
         const int8_t *vp = (const int8_t *)h->val + h->blk[b];
         for (int i = 0; i < DL__DBLK * d; i += 16)
             _mm512_store_ps(tile + i, _mm512_setzero_ps());
         for (int q = 0; q < d / 4; q++)
             for (uint64_t m = qm[q]; m; m &= m - 1) {
                 int bit = __builtin_ctzll(m), j = bit >> 2;
-                tile[(size_t)j * d + 4 * q + (bit & 3)] =
-                    (float)*vp++ * dl__pow2f(h->pexp[b * DL__DBLK + j]);
+                tile[(size_t)j * d + 4 * q + (bit & 3)] = dl__i8_value(h, b * DL__DBLK + j, *vp++);
             }
     } else if (h->vb == 1)
         block_tile_v(h, d, b, tile, 1);
@@ -1450,8 +1449,8 @@ AI __m512 i8_round16(__m512 v, __m512 is, __m512 s)
 
 /* One position through the 8-bit encoder: pass 1 keeps each chunk's stored lanes and
  * lagged deltas and finds the largest |value|, pass 2 rounds at the position's exponent
- * and advances r. st: when not NULL, the stored values (fp16) go to val and their bits to
- * mask. Returns the number stored. */
+ * and advances r. With val (not NULL) the stored values (fp16) go to val and their bits
+ * to mask. Returns the number stored; *xo = the exponent. */
 AI int enc_pos16(const float *k, int d, float *r, const float *w, __m512 th, const float *pw,
                  uint8_t *mask, dl_fp16 *val, int8_t *xo)
 {

@@ -68,6 +68,13 @@ typedef struct dl__dhead {
 #define DL__DBLK 16   /* positions per block of the delta stream */
 #define DL__DHMAX 512 /* largest head dim of a delta cache */
 
+/* Completed block b's d / 4 quad masks (quad layout), stored where its element masks
+ * would be. */
+static inline const uint64_t *dl__qmask(const dl__dhead *h, int d, int b)
+{
+    return (const uint64_t *)(const void *)(h->emask + (size_t)b * d);
+}
+
 /* Number of values stored before position t (= where t's values start, counting the
  * stream as if it were position-major); nfull = completed blocks. */
 static inline uint32_t dl__delta_off(const dl__dhead *h, int d, int mb, int nfull, int t)
@@ -77,7 +84,7 @@ static inline uint32_t dl__delta_off(const dl__dhead *h, int d, int mb, int nful
     if (!j)
         return o;
     if (b < nfull && h->quad) {
-        const uint64_t *qm = (const uint64_t *)(const void *)h->emask + (size_t)b * (d / 4);
+        const uint64_t *qm = dl__qmask(h, d, b);
         uint64_t below = (1ull << 4 * j) - 1;
         for (int q = 0; q < d / 4; q++)
             o += (uint32_t)__builtin_popcountll(qm[q] & below);
@@ -134,6 +141,12 @@ static inline float dl__i8_round(float v, int x)
     return y * dl__pow2f(x);
 }
 
+/* The 8-bit value n stored for position t. */
+static inline float dl__i8_value(const dl__dhead *h, int t, int8_t n)
+{
+    return (float)n * dl__pow2f(h->pexp[t]);
+}
+
 /* Completed block b back to rows: mrow [16][mb] masks, vrow the values row after row.
  * Returns the number of values. */
 static inline int dl__dblock_rows(const dl__dhead *h, int d, int mb, int b, uint8_t *mrow,
@@ -143,7 +156,7 @@ static inline int dl__dblock_rows(const dl__dhead *h, int d, int mb, int b, uint
     const uint8_t *v = h->val + (size_t)h->blk[b] * h->vb;
     int at[DL__DBLK + 1] = { 0 };
     if (h->quad) { /* 8-bit; for each position the elements come in order */
-        const uint64_t *qm = (const uint64_t *)(const void *)em;
+        const uint64_t *qm = dl__qmask(h, d, b);
         for (int q = 0; q < d / 4; q++)
             for (uint64_t x = qm[q]; x; x &= x - 1)
                 at[(__builtin_ctzll(x) >> 2) + 1]++;
@@ -154,8 +167,7 @@ static inline int dl__dblock_rows(const dl__dhead *h, int d, int mb, int b, uint
         for (int q = 0; q < d / 4; q++)
             for (uint64_t x = qm[q]; x; x &= x - 1) {
                 int bit = __builtin_ctzll(x), j = bit >> 2, e = 4 * q + (bit & 3);
-                vrow[at[j]++] = dl_f32_to_fp16((float)(int8_t)*v++ *
-                                               dl__pow2f(h->pexp[b * DL__DBLK + j]));
+                vrow[at[j]++] = dl_f32_to_fp16(dl__i8_value(h, b * DL__DBLK + j, (int8_t)*v++));
                 mrow[j * mb + (e >> 3)] |= (uint8_t)(1u << (e & 7));
             }
         return total;
@@ -172,7 +184,7 @@ static inline int dl__dblock_rows(const dl__dhead *h, int d, int mb, int b, uint
             int j = __builtin_ctz(x);
             dl_fp16 hv;
             if (h->vb == 1)
-                hv = dl_f32_to_fp16((float)(int8_t)*v++ * dl__pow2f(h->pexp[b * DL__DBLK + j]));
+                hv = dl_f32_to_fp16(dl__i8_value(h, b * DL__DBLK + j, (int8_t)*v++));
             else
                 __builtin_memcpy(&hv, v, 2), v += 2;
             vrow[at[j]++] = hv;

@@ -580,7 +580,7 @@ static void sum_deltas(const dl__dhead *h, int d, int n, float *out)
     memset(out, 0, (size_t)d * sizeof(float));
     const uint8_t *v8 = h->val;
     for (int b = 0; b < nfull && h->quad; b++) { /* per quad of elements a 64-bit mask */
-        const uint64_t *qm = (const uint64_t *)(const void *)(h->emask + (size_t)b * d);
+        const uint64_t *qm = dl__qmask(h, d, b);
         for (int q = 0; q < d / 4; q++)
             for (int bit = 0; bit < 64; bit++)
                 if (qm[q] >> bit & 1)
