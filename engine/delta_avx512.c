@@ -766,23 +766,29 @@ AI __m512 lane_scales(const dl__dhead *h, int b)
 static void eblock4f(const uint16_t *em, const float *vp, const float *const *q, int d,
                      __m512 *A)
 {
-    __m512 B[4];
-    for (int i = 0; i < 4; i++)
-        A[i] = B[i] = _mm512_setzero_ps();
+    /* named accumulators and row pointers: with stores through A in the loop, gcc has to
+     * assume they change q and reloads the row pointers per element */
+    const float *q0 = q[0], *q1 = q[1], *q2 = q[2], *q3 = q[3];
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
     for (int e = 0; e < d; e += 2) {
         unsigned m0 = em[e], m1 = em[e + 1];
         __m512 x0 = _mm512_maskz_expand_ps((__mmask16)m0, _mm512_loadu_ps(vp));
         vp += __builtin_popcount(m0);
         __m512 x1 = _mm512_maskz_expand_ps((__mmask16)m1, _mm512_loadu_ps(vp));
         vp += __builtin_popcount(m1);
-        #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) {
-            A[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][e]), x0, A[i]);
-            B[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][e + 1]), x1, B[i]);
-        }
+        a0 = _mm512_fmadd_ps(_mm512_set1_ps(q0[e]), x0, a0);
+        b0 = _mm512_fmadd_ps(_mm512_set1_ps(q0[e + 1]), x1, b0);
+        a1 = _mm512_fmadd_ps(_mm512_set1_ps(q1[e]), x0, a1);
+        b1 = _mm512_fmadd_ps(_mm512_set1_ps(q1[e + 1]), x1, b1);
+        a2 = _mm512_fmadd_ps(_mm512_set1_ps(q2[e]), x0, a2);
+        b2 = _mm512_fmadd_ps(_mm512_set1_ps(q2[e + 1]), x1, b2);
+        a3 = _mm512_fmadd_ps(_mm512_set1_ps(q3[e]), x0, a3);
+        b3 = _mm512_fmadd_ps(_mm512_set1_ps(q3[e + 1]), x1, b3);
     }
-    for (int i = 0; i < 4; i++)
-        A[i] = _mm512_add_ps(A[i], B[i]);
+    A[0] = _mm512_add_ps(a0, b0);
+    A[1] = _mm512_add_ps(a1, b1);
+    A[2] = _mm512_add_ps(a2, b2);
+    A[3] = _mm512_add_ps(a3, b3);
 }
 
 /* A[i] lane j = q[i] . Δk of position 16b + j for four rows; vbuf: scratch for the
@@ -826,9 +832,11 @@ static void oblock4(const dl__dkeys *k, int b, int npos, const float *const *q, 
                 colT[16 * e + j] = dl_fp16_to_f32(*v++);
     }
     for (int i = 0; i < 4; i++) {
-        A[i] = _mm512_setzero_ps();
+        const float *qi = q[i];
+        __m512 a = _mm512_setzero_ps();
         for (int e = 0; e < d; e++)
-            A[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i][e]), _mm512_load_ps(colT + 16 * e), A[i]);
+            a = _mm512_fmadd_ps(_mm512_set1_ps(qi[e]), _mm512_load_ps(colT + 16 * e), a);
+        A[i] = a;
     }
 }
 
@@ -856,6 +864,13 @@ static void quant_q(const float *q, int d, uint32_t *qh, uint32_t *ql, float *sq
     }
 }
 
+/* One row's lanes of qblock4: (256 ΣnH + ΣnL - 32768 Σn) sq 2^x. */
+AI __m512 qrow(__m512i H, __m512i L, __m512i s15, __m512 sc, float sq)
+{
+    __m512i t = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(H, 8), L), s15);
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(sc, _mm512_set1_ps(sq)));
+}
+
 /* A[i] lane j = q[i] . Δk of position 16b + j for four rows, from a quad-layout block:
  * per quad one vpexpandb (16 positions x 4 elements) and per row two vpdpbusd (the high
  * and low bytes of u), plus one for Σ n, shared: Σ n q = 256 Σ n H + Σ n L - 32768 Σ n,
@@ -869,26 +884,29 @@ __attribute__((target("avx512vbmi2"))) static void qblock4(const dl__dhead *h, i
     const uint64_t *qm = dl__qmask(h, d, b);
     const uint8_t *vp = h->val + h->blk[b];
     const __m512i ones = _mm512_set1_epi8(1);
-    __m512i S = _mm512_setzero_si512(), H[4], L[4];
-    for (int i = 0; i < 4; i++)
-        H[i] = L[i] = _mm512_setzero_si512();
+    /* named accumulators: with arrays gcc 12 stored every one to the stack per quad */
+    __m512i S = _mm512_setzero_si512();
+    __m512i H0 = S, H1 = S, H2 = S, H3 = S, L0 = S, L1 = S, L2 = S, L3 = S;
     for (int q = 0; q < d / 4; q++) {
         uint64_t m = qm[q];
         __m512i v = _mm512_maskz_expandloadu_epi8(m, vp);
         vp += __builtin_popcountll(m);
         S = _mm512_dpbusd_epi32(S, ones, v);
-        #pragma GCC unroll 4
-        for (int i = 0; i < 4; i++) {
-            H[i] = _mm512_dpbusd_epi32(H[i], _mm512_set1_epi32((int)qh[i][q]), v);
-            L[i] = _mm512_dpbusd_epi32(L[i], _mm512_set1_epi32((int)ql[i][q]), v);
-        }
+        H0 = _mm512_dpbusd_epi32(H0, _mm512_set1_epi32((int)qh[0][q]), v);
+        L0 = _mm512_dpbusd_epi32(L0, _mm512_set1_epi32((int)ql[0][q]), v);
+        H1 = _mm512_dpbusd_epi32(H1, _mm512_set1_epi32((int)qh[1][q]), v);
+        L1 = _mm512_dpbusd_epi32(L1, _mm512_set1_epi32((int)ql[1][q]), v);
+        H2 = _mm512_dpbusd_epi32(H2, _mm512_set1_epi32((int)qh[2][q]), v);
+        L2 = _mm512_dpbusd_epi32(L2, _mm512_set1_epi32((int)ql[2][q]), v);
+        H3 = _mm512_dpbusd_epi32(H3, _mm512_set1_epi32((int)qh[3][q]), v);
+        L3 = _mm512_dpbusd_epi32(L3, _mm512_set1_epi32((int)ql[3][q]), v);
     }
     __m512 sc = lane_scales(h, b);
     __m512i s15 = _mm512_slli_epi32(S, 15);
-    for (int i = 0; i < 4; i++) {
-        __m512i t = _mm512_sub_epi32(_mm512_add_epi32(_mm512_slli_epi32(H[i], 8), L[i]), s15);
-        A[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(sc, _mm512_set1_ps(sq[i])));
-    }
+    A[0] = qrow(H0, L0, s15, sc, sq[0]);
+    A[1] = qrow(H1, L1, s15, sc, sq[1]);
+    A[2] = qrow(H2, L2, s15, sc, sq[2]);
+    A[3] = qrow(H3, L3, s15, sc, sq[3]);
 }
 
 /* AVX512_VBMI2 (vpexpandb): CPUID leaf 7, ECX bit 6. */
