@@ -600,7 +600,7 @@ static void gscores4_any(const float *const *q, const float *kx, int d, int nb,
 /* acc[i] = acc[i] * corr[i] + Σ_j p[i][j] V[j] for four rows and keys j < nb of vb, NVD
  * 16-lane chunks from c0; each V chunk is widened once for the four rows. */
 AI void gpv4(float *const *acc, const float *corr, const float *const *p,
-                 const dl_fp16 *vb, int d, int nb, int c0, const int NVD)
+                 const dl_fp16 *vb, int d, int nb, int c0, const char *pf, int pn, const int NVD)
 {
     __m512 a[4][4];
     #pragma GCC unroll 4
@@ -612,6 +612,9 @@ AI void gpv4(float *const *acc, const float *corr, const float *const *p,
     }
     const dl_fp16 *vt = vb + c0;
     for (int j = 0; j < nb; j++, vt += d) {
+        if (j < pn) /* row j of the next chunk's V (pn = 0 if none) */
+            for (int l = 0; l < d * 2; l += 64)
+                _mm_prefetch(pf + (size_t)j * d * 2 + l, _MM_HINT_T1);
         __m512 v[4];
         #pragma GCC unroll 4
         for (int c = 0; c < NVD; c++)
@@ -631,16 +634,19 @@ AI void gpv4(float *const *acc, const float *corr, const float *const *p,
             _mm512_storeu_ps(acc[i] + c0 + 16 * c, a[i][c]);
 }
 
+/* The same over all of d; with pn > 0 the first pass also prefetches rows 0 .. pn-1 of
+ * pf (fp16 rows of d) towards L2. */
 static void gpv(float *const *acc, const float *corr, const float *const *p,
-                const dl_fp16 *vb, int d, int nb)
+                const dl_fp16 *vb, int d, int nb, const dl_fp16 *pf, int pn)
 {
     int c0 = 0;
-    for (; c0 + 64 <= d; c0 += 64)
-        gpv4(acc, corr, p, vb, d, nb, c0, 4);
+    const char *pc = (const char *)pf;
+    for (; c0 + 64 <= d; c0 += 64, pn = 0)
+        gpv4(acc, corr, p, vb, d, nb, c0, pc, pn, 4);
     switch ((d - c0) / 16) {
-    case 3: gpv4(acc, corr, p, vb, d, nb, c0, 3); break;
-    case 2: gpv4(acc, corr, p, vb, d, nb, c0, 2); break;
-    case 1: gpv4(acc, corr, p, vb, d, nb, c0, 1); break;
+    case 3: gpv4(acc, corr, p, vb, d, nb, c0, pc, pn, 3); break;
+    case 2: gpv4(acc, corr, p, vb, d, nb, c0, pc, pn, 2); break;
+    case 1: gpv4(acc, corr, p, vb, d, nb, c0, pc, pn, 1); break;
     default: break;
     }
 }
@@ -722,7 +728,7 @@ static void attend_group_dense(const dl__dunit *u)
                 mx[r] = nm;
             }
             const float *pr[4] = {s[0], s[1], s[2], s[3]};
-            gpv(acc + g, corr, pr, vb, d, nb);
+            gpv(acc + g, corr, pr, vb, d, nb, NULL, 0);
         }
     }
     if (dl__delta_timing)
@@ -965,9 +971,11 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
         /* delta scores of the chunk's blocks that hold keys < lo */
         int bend = lo > c0 ? ((lo < c1 ? lo : c1) + DL__DBLK - 1) / DL__DBLK : 0;
         for (int b = c0 / DL__DBLK; b < bend; b++) {
-            const char *vb = (const char *)(h->v + (size_t)b * DL__DBLK * d);
-            for (int l = 0; l < DL__DBLK * d * 2; l += 64) /* V of these keys, for P.V */
-                _mm_prefetch(vb + l, _MM_HINT_T1);
+            if (c0 == 0) { /* V of these keys, for P.V (later chunks': during the P.V before) */
+                const char *vb = (const char *)(h->v + (size_t)b * DL__DBLK * d);
+                for (int l = 0; l < DL__DBLK * d * 2; l += 64)
+                    _mm_prefetch(vb + l, _MM_HINT_T1);
+            }
             if (b + 3 < k->nfull) { /* the stream three blocks ahead: at 4096 keys (K + V
                                      * past L2) the score phase waited on it, 1.6x longer */
                 const char *ea = (const char *)(h->emask + (size_t)(b + 3) * d);
@@ -1027,10 +1035,12 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
             sum[r] = sum[r] * corr[r] + _mm512_reduce_add_ps(sm);
             mx[r] = nm;
         }
-        /* P.V of the chunk, four rows at a time */
+        /* P.V of the chunk, four rows at a time; the first group's pass prefetches the
+         * next chunk's V, which then arrives during that chunk's scores */
         const dl_fp16 *vc = h->v + (size_t)c0 * d;
+        int pn = T - c1 < DL__GCH ? T - c1 : DL__GCH;
         for (int g = 0; g < n4; g += 4)
-            gpv(acc + g, corr + g, p + g, vc, d, n);
+            gpv(acc + g, corr + g, p + g, vc, d, n, vc + (size_t)n * d, g ? 0 : pn);
     }
     if (dl__delta_timing)
         dl__delta_add_score_ns(score_ns);
