@@ -1150,16 +1150,14 @@ AI void wpv4(float *acc, const float *corr, const float *p, int rs, const float 
     }
     for (int j = 0; j < nb; j++) {
         const float *vt = vf + (size_t)j * d + c0, *pj = p + (size_t)j * rs;
-        __m512 v[4];
-        #pragma GCC unroll 4
-        for (int c = 0; c < NVD; c++)
-            v[c] = _mm512_load_ps(vt + 16 * c);
         #pragma GCC unroll 4
         for (int i = 0; i < 4; i++) {
             __m512 pr = _mm512_set1_ps(pj[i]);
+            /* V straight from L1 in each FMA: with the chunks loaded into an array first,
+             * clang 14 stored them to the stack and reloaded them per row */
             #pragma GCC unroll 4
             for (int c = 0; c < NVD; c++)
-                a[i][c] = _mm512_fmadd_ps(pr, v[c], a[i][c]);
+                a[i][c] = _mm512_fmadd_ps(pr, _mm512_load_ps(vt + 16 * c), a[i][c]);
         }
     }
     #pragma GCC unroll 4
