@@ -63,17 +63,17 @@ AI void scores_r(int R, float (*const q)[PAD], const dl_fp16 *kb, int hd, int nb
     for (int j0 = 0; j0 < nb; j0 += KJ) {
         const dl_fp16 *kt[8];
         __m256 a[8];
-        #pragma GCC unroll 8
+        DL_UNROLL_FULL
         for (int i = 0; i < KJ; i++)
             kt[i] = kb + (size_t)(j0 + i < nb ? j0 + i : nb - 1) * hd;
-        #pragma GCC unroll 8
+        DL_UNROLL_FULL
         for (int i = 0; i < 8; i++)
             a[i] = _mm256_setzero_ps();
         for (int c = 0; c < nc; c++) {
-            #pragma GCC unroll 8
+            DL_UNROLL_FULL
             for (int i = 0; i < KJ; i++) {
                 __m256 k = ldh(kt[i] + c * 8, hd - c * 8);
-                #pragma GCC unroll 4
+                DL_UNROLL_FULL
                 for (int r = 0; r < R; r++)
                     a[i * R + r] = _mm256_fmadd_ps(_mm256_load_ps(q[r] + c * 8), k, a[i * R + r]);
             }
@@ -96,33 +96,33 @@ AI void pv_r(int R, float (*acc)[PAD], const float *corr, float (*p)[DL__ATTN_BK
     for (int c0 = 0; c0 * 8 < hd; c0 += C) {
         int n[8];
         __m256 a[8];
-        #pragma GCC unroll 8
+        DL_UNROLL_FULL
         for (int c = 0; c < C; c++)
             n[c] = hd - (c0 + c) * 8;
-        #pragma GCC unroll 4
+        DL_UNROLL_FULL
         for (int r = 0; r < R; r++) {
             __m256 vc = _mm256_set1_ps(corr[r]);
-            #pragma GCC unroll 8
+            DL_UNROLL_FULL
             for (int c = 0; c < C; c++)
                 a[r * C + c] = _mm256_mul_ps(_mm256_load_ps(acc[r] + (c0 + c) * 8), vc);
         }
         const dl_fp16 *vt = vb + c0 * 8;
         for (int j = 0; j < nb; j++, vt += hd) {
             __m256 v[8];
-            #pragma GCC unroll 8
+            DL_UNROLL_FULL
             for (int c = 0; c < C; c++)
                 v[c] = ldh(vt + c * 8, n[c]);
-            #pragma GCC unroll 4
+            DL_UNROLL_FULL
             for (int r = 0; r < R; r++) {
                 __m256 pr = _mm256_broadcast_ss(&p[r][j]);
-                #pragma GCC unroll 8
+                DL_UNROLL_FULL
                 for (int c = 0; c < C; c++)
                     a[r * C + c] = _mm256_fmadd_ps(pr, v[c], a[r * C + c]);
             }
         }
-        #pragma GCC unroll 4
+        DL_UNROLL_FULL
         for (int r = 0; r < R; r++)
-            #pragma GCC unroll 8
+            DL_UNROLL_FULL
             for (int c = 0; c < C; c++)
                 _mm256_store_ps(acc[r] + (c0 + c) * 8, a[r * C + c]);
     }

@@ -61,13 +61,13 @@ AI void pv4(float *const *acc, const float *corr, float p[4][DL__ATTN_BK], const
     for (int c0 = 0; c0 * 16 < hd; c0 += 4) {
         __mmask16 m[4];
         __m512 a[4][4];
-        #pragma GCC unroll 4
+        DL_UNROLL_FULL
         for (int c = 0; c < 4; c++)
             m[c] = lanes(hd - (c0 + c) * 16);
-        #pragma GCC unroll 4
+        DL_UNROLL_FULL
         for (int r = 0; r < 4; r++) {
             __m512 vc = _mm512_set1_ps(corr[r]);
-            #pragma GCC unroll 4
+            DL_UNROLL_FULL
             for (int c = 0; c < 4; c++)
                 a[r][c] = _mm512_mul_ps(_mm512_load_ps(acc[r] + (c0 + c) * 16), vc);
         }
@@ -76,21 +76,21 @@ AI void pv4(float *const *acc, const float *corr, float p[4][DL__ATTN_BK], const
             _mm_prefetch((const char *)(vt + 2 * DL__ATTN_BK * (size_t)hd), _MM_HINT_T0);
             _mm_prefetch((const char *)(vt + 32 + 2 * DL__ATTN_BK * (size_t)hd), _MM_HINT_T0);
             __m512 v[4];
-            #pragma GCC unroll 4
+            DL_UNROLL_FULL
             for (int c = 0; c < 4; c++)
                 v[c] = ldh(vt + c * 16, m[c]);
-            #pragma GCC unroll 4
+            DL_UNROLL_FULL
             for (int r = 0; r < 4; r++) {
                 __m512 pr = _mm512_set1_ps(p[r][j]);
-                #pragma GCC unroll 4
+                DL_UNROLL_FULL
                 for (int c = 0; c < 4; c++)
                     a[r][c] = _mm512_fmadd_ps(pr, v[c], a[r][c]);
             }
         }
         /* acc rows are padded to a multiple of 64 floats, so unused chunks are harmless */
-        #pragma GCC unroll 4
+        DL_UNROLL_FULL
         for (int r = 0; r < 4; r++)
-            #pragma GCC unroll 4
+            DL_UNROLL_FULL
             for (int c = 0; c < 4; c++)
                 _mm512_store_ps(acc[r] + (c0 + c) * 16, a[r][c]);
     }

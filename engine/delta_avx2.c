@@ -364,7 +364,7 @@ static void exact_scores(const dl__dkeys *k, int dense, const float *const *q, i
                 a[i] = b[i] = _mm256_setzero_ps();
             for (int c = 0; c < d; c += 8) {
                 __m256 k0 = _mm256_loadu_ps(x0 + c), k1 = _mm256_loadu_ps(x1 + c);
-                #pragma GCC unroll 4
+                DL_UNROLL_FULL
                 for (int i = 0; i < 4; i++) {
                     __m256 qv = _mm256_loadu_ps(q[g + i] + c);
                     a[i] = _mm256_fmadd_ps(qv, k0, a[i]);
@@ -390,30 +390,30 @@ AI void spv4(float *const *acc, const float *corr, const float *const *p, const 
              int d, int n, int e0, const int NVD)
 {
     __m256 a[4][3];
-    #pragma GCC unroll 4
+    DL_UNROLL_FULL
     for (int i = 0; i < 4; i++) {
         __m256 vc = _mm256_set1_ps(corr[i]);
-        #pragma GCC unroll 3
+        DL_UNROLL_FULL
         for (int c = 0; c < NVD; c++)
             a[i][c] = _mm256_mul_ps(_mm256_loadu_ps(acc[i] + e0 + 8 * c), vc);
     }
     const dl_fp16 *vt = v + e0;
     for (int t = 0; t < n; t++, vt += d) {
         __m256 x[3];
-        #pragma GCC unroll 3
+        DL_UNROLL_FULL
         for (int c = 0; c < NVD; c++)
             x[c] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vt + 8 * c)));
-        #pragma GCC unroll 4
+        DL_UNROLL_FULL
         for (int i = 0; i < 4; i++) {
             __m256 pr = _mm256_broadcast_ss(p[i] + t);
-            #pragma GCC unroll 3
+            DL_UNROLL_FULL
             for (int c = 0; c < NVD; c++)
                 a[i][c] = _mm256_fmadd_ps(pr, x[c], a[i][c]);
         }
     }
-    #pragma GCC unroll 4
+    DL_UNROLL_FULL
     for (int i = 0; i < 4; i++)
-        #pragma GCC unroll 3
+        DL_UNROLL_FULL
         for (int c = 0; c < NVD; c++)
             _mm256_storeu_ps(acc[i] + e0 + 8 * c, a[i][c]);
 }
@@ -582,7 +582,7 @@ AI void wsweep8(const float *Qt, const int32_t *off, const float *val, int n, fl
                 int j0, const int NV)
 {
     __m256 A[4], B[4];
-    #pragma GCC unroll 16
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++)
         A[x] = B[x] = _mm256_setzero_ps();
     const float *q = Qt + 8 * j0;
@@ -590,7 +590,7 @@ AI void wsweep8(const float *Qt, const int32_t *off, const float *val, int n, fl
     for (; i + 2 <= n; i += 2) {
         __m256 b0 = _mm256_broadcast_ss(val + i), b1 = _mm256_broadcast_ss(val + i + 1);
         const float *q0 = q + off[i], *q1 = q + off[i + 1];
-        #pragma GCC unroll 16
+        DL_UNROLL_FULL
         for (int x = 0; x < NV; x++) {
             A[x] = _mm256_fmadd_ps(b0, _mm256_loadu_ps(q0 + 8 * x), A[x]);
             B[x] = _mm256_fmadd_ps(b1, _mm256_loadu_ps(q1 + 8 * x), B[x]);
@@ -599,11 +599,11 @@ AI void wsweep8(const float *Qt, const int32_t *off, const float *val, int n, fl
     if (i < n) {
         __m256 b0 = _mm256_broadcast_ss(val + i);
         const float *q0 = q + off[i];
-        #pragma GCC unroll 16
+        DL_UNROLL_FULL
         for (int x = 0; x < NV; x++)
             A[x] = _mm256_fmadd_ps(b0, _mm256_loadu_ps(q0 + 8 * x), A[x]);
     }
-    #pragma GCC unroll 16
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++)
         _mm256_storeu_ps(R + 8 * (j0 + x), _mm256_add_ps(_mm256_loadu_ps(R + 8 * (j0 + x)),
                                                          _mm256_add_ps(A[x], B[x])));
@@ -616,7 +616,7 @@ AI void wrun8(const float *Qt, const int32_t *const *ko, const float *const *kv,
               int j1, float *R, float *sb, int rs, int g0, const int NV)
 {
     __m256 A[8];
-    #pragma GCC unroll 8
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++)
         A[x] = _mm256_loadu_ps(R + 8 * (g0 + x));
     const float *q = Qt + 8 * g0;
@@ -626,15 +626,15 @@ AI void wrun8(const float *Qt, const int32_t *const *ko, const float *const *kv,
         for (int i = 0; i < cnt[j]; i++) {
             __m256 b = _mm256_broadcast_ss(v + i);
             const float *qq = q + o[i];
-            #pragma GCC unroll 8
+            DL_UNROLL_FULL
             for (int x = 0; x < NV; x++)
                 A[x] = _mm256_fmadd_ps(b, _mm256_loadu_ps(qq + 8 * x), A[x]);
         }
-        #pragma GCC unroll 8
+        DL_UNROLL_FULL
         for (int x = 0; x < NV; x++)
             _mm256_store_ps(sb + (size_t)j * rs + 8 * (g0 + x), A[x]);
     }
-    #pragma GCC unroll 8
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++)
         _mm256_storeu_ps(R + 8 * (g0 + x), A[x]);
 }
@@ -644,19 +644,19 @@ AI void wexact8(const float *Qt, int rs, int d, const float *key, float *s, int 
                 int b, const int NV)
 {
     __m256 A[4], B[4];
-    #pragma GCC unroll 16
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++)
         A[x] = B[x] = _mm256_setzero_ps();
     const float *q = Qt + 8 * j0;
     for (int e = 0; e < d; e += 2) {
         __m256 k0 = _mm256_broadcast_ss(key + e), k1 = _mm256_broadcast_ss(key + e + 1);
-        #pragma GCC unroll 16
+        DL_UNROLL_FULL
         for (int x = 0; x < NV; x++) {
             A[x] = _mm256_fmadd_ps(k0, _mm256_loadu_ps(q + (size_t)e * rs + 8 * x), A[x]);
             B[x] = _mm256_fmadd_ps(k1, _mm256_loadu_ps(q + (size_t)(e + 1) * rs + 8 * x), B[x]);
         }
     }
-    #pragma GCC unroll 16
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++)
         _mm256_maskstore_ps(s + 8 * (j0 + x), wlanes(j0 + x, a, b), _mm256_add_ps(A[x], B[x]));
 }
@@ -689,30 +689,30 @@ AI void wpv4_8(float *acc, const float *corr, const float *p, int rs, const floa
                int nb, int c0, const int NVD)
 {
     __m256 a[4][3];
-    #pragma GCC unroll 4
+    DL_UNROLL_FULL
     for (int i = 0; i < 4; i++) {
         __m256 vc = _mm256_broadcast_ss(corr + i);
-        #pragma GCC unroll 3
+        DL_UNROLL_FULL
         for (int c = 0; c < NVD; c++)
             a[i][c] = _mm256_mul_ps(_mm256_loadu_ps(acc + (size_t)i * d + c0 + 8 * c), vc);
     }
     for (int j = 0; j < nb; j++) {
         const float *vt = vf + (size_t)j * d + c0, *pj = p + (size_t)j * rs;
         __m256 v[3];
-        #pragma GCC unroll 3
+        DL_UNROLL_FULL
         for (int c = 0; c < NVD; c++)
             v[c] = _mm256_load_ps(vt + 8 * c);
-        #pragma GCC unroll 4
+        DL_UNROLL_FULL
         for (int i = 0; i < 4; i++) {
             __m256 pr = _mm256_broadcast_ss(pj + i);
-            #pragma GCC unroll 3
+            DL_UNROLL_FULL
             for (int c = 0; c < NVD; c++)
                 a[i][c] = _mm256_fmadd_ps(pr, v[c], a[i][c]);
         }
     }
-    #pragma GCC unroll 4
+    DL_UNROLL_FULL
     for (int i = 0; i < 4; i++)
-        #pragma GCC unroll 3
+        DL_UNROLL_FULL
         for (int c = 0; c < NVD; c++)
             _mm256_storeu_ps(acc + (size_t)i * d + c0 + 8 * c, a[i][c]);
 }

@@ -18,15 +18,6 @@
 
 
 /* Lanes of vector j (rows 16j .. 16j+15) that fall in rows [a, b). */
-/* Full unrolling of the loops over a compile-time count of vectors or rows (all loops
- * marked so here), so that their accumulator arrays live in registers: clang 14 left some
- * of them rolled, with the array on the stack (a store per multiply-add). */
-#if defined(__clang__)
-#define DL__UNROLL_FULL _Pragma("clang loop unroll(full)")
-#else
-#define DL__UNROLL_FULL _Pragma("GCC unroll 16")
-#endif
-
 static inline __mmask16 lanes(int j, int a, int b)
 {
     int lo = a - 16 * j, hi = b - 16 * j;
@@ -76,7 +67,7 @@ AI void sweep_delta(const float *Qt, int rs, int d, const uint8_t *m, const dl_f
                         float *R, const int NV)
 {
     __m512 A[4], B[4];
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++)
         A[x] = B[x] = _mm512_setzero_ps();
     const dl_fp16 *v = val;
@@ -92,17 +83,17 @@ AI void sweep_delta(const float *Qt, int rs, int d, const uint8_t *m, const dl_f
             const float *qe = Qt + (size_t)(c + __builtin_ctz(bits)) * rs;
             __m512 b = _mm512_set1_ps(buf[j]);
             if (odd)
-                DL__UNROLL_FULL
+                DL_UNROLL_FULL
                 for (int x = 0; x < NV; x++)
                     B[x] = _mm512_fmadd_ps(b, _mm512_loadu_ps(qe + 16 * x), B[x]);
             else
-                DL__UNROLL_FULL
+                DL_UNROLL_FULL
                 for (int x = 0; x < NV; x++)
                     A[x] = _mm512_fmadd_ps(b, _mm512_loadu_ps(qe + 16 * x), A[x]);
             odd ^= 1;
         }
     }
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++)
         _mm512_storeu_ps(R + 16 * x,
                          _mm512_add_ps(_mm512_loadu_ps(R + 16 * x), _mm512_add_ps(A[x], B[x])));
@@ -113,19 +104,19 @@ AI void sweep_exact(const float *Qt, int rs, int d, const float *key, float *s, 
                         int a, int b, const int NV)
 {
     __m512 A[4], B[4];
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++)
         A[x] = B[x] = _mm512_setzero_ps();
     const float *q = Qt + 16 * j0;
     for (int e = 0; e < d; e += 2) {
         __m512 k0 = _mm512_set1_ps(key[e]), k1 = _mm512_set1_ps(key[e + 1]);
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int x = 0; x < NV; x++) {
             A[x] = _mm512_fmadd_ps(k0, _mm512_loadu_ps(q + (size_t)e * rs + 16 * x), A[x]);
             B[x] = _mm512_fmadd_ps(k1, _mm512_loadu_ps(q + (size_t)(e + 1) * rs + 16 * x), B[x]);
         }
     }
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++)
         _mm512_mask_storeu_ps(s + 16 * (j0 + x), lanes(j0 + x, a, b), _mm512_add_ps(A[x], B[x]));
 }
@@ -471,30 +462,30 @@ AI void pv_block(const dl__dunit *u, int r0, int c0, const int NR, const int NVD
     int d = u->k->d, rs = u->rs, tend = u->hi[r0 + NR - 1];
     const dl_fp16 *v = u->k->h->v + c0;
     __m512 A[4][4];
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int i = 0; i < NR; i++)
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int x = 0; x < NVD; x++)
             A[i][x] = _mm512_setzero_ps();
     for (int t = 0; t <= tend; t++) {
         __m512 vv[4];
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int x = 0; x < NVD; x++)
             vv[x] = _mm512_cvtph_ps(
                 _mm256_loadu_si256((const __m256i *)(v + (size_t)t * d + 16 * x)));
         const float *p = u->st + (size_t)t * rs + r0;
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int i = 0; i < NR; i++) {
             __m512 b = _mm512_set1_ps(p[i]);
-            DL__UNROLL_FULL
+            DL_UNROLL_FULL
             for (int x = 0; x < NVD; x++)
                 A[i][x] = _mm512_fmadd_ps(b, vv[x], A[i][x]);
         }
     }
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int i = 0; i < NR; i++) {
         __m512 sc = _mm512_set1_ps(u->aux[r0 + i]);
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int x = 0; x < NVD; x++)
             _mm512_storeu_ps(u->acc + (size_t)(r0 + i) * d + c0 + 16 * x,
                              _mm512_mul_ps(A[i][x], sc));
@@ -557,22 +548,22 @@ AI void gscores4(const float *const *q, const float *kx, int d, int nb,
 {
     float t4[DL__GBK][4] __attribute__((aligned(16)));
     __m512 qr[4][4];
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int i = 0; i < 4; i++)
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int c = 0; c < NV; c++)
             qr[i][c] = _mm512_loadu_ps(q[i] + 16 * c);
     for (int j = 0; j < nb; j++) {
         const float *x = kx + (size_t)j * d;
         __m512 a[4];
         __m512 k = _mm512_load_ps(x);
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int i = 0; i < 4; i++)
             a[i] = _mm512_mul_ps(qr[i][0], k);
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int c = 1; c < NV; c++) {
             k = _mm512_load_ps(x + 16 * c);
-            DL__UNROLL_FULL
+            DL_UNROLL_FULL
             for (int i = 0; i < 4; i++)
                 a[i] = _mm512_fmadd_ps(qr[i][c], k, a[i]);
         }
@@ -612,10 +603,10 @@ AI void gpv4(float *const *acc, const float *corr, const float *const *p,
                  const dl_fp16 *vb, int d, int nb, int c0, const char *pf, int pn, const int NVD)
 {
     __m512 a[4][4];
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int i = 0; i < 4; i++) {
         __m512 vc = _mm512_set1_ps(corr[i]);
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int c = 0; c < NVD; c++)
             a[i][c] = _mm512_mul_ps(_mm512_loadu_ps(acc[i] + c0 + 16 * c), vc);
     }
@@ -625,20 +616,20 @@ AI void gpv4(float *const *acc, const float *corr, const float *const *p,
             for (int l = 0; l < d * 2; l += 64)
                 _mm_prefetch(pf + (size_t)j * d * 2 + l, _MM_HINT_T1);
         __m512 v[4];
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int c = 0; c < NVD; c++)
             v[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(vt + 16 * c)));
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int i = 0; i < 4; i++) {
             __m512 pr = _mm512_set1_ps(p[i][j]);
-            DL__UNROLL_FULL
+            DL_UNROLL_FULL
             for (int c = 0; c < NVD; c++)
                 a[i][c] = _mm512_fmadd_ps(pr, v[c], a[i][c]);
         }
     }
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int i = 0; i < 4; i++)
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int c = 0; c < NVD; c++)
             _mm512_storeu_ps(acc[i] + c0 + 16 * c, a[i][c]);
 }
@@ -667,7 +658,7 @@ AI void gkeys(const dl__dkeys *k, int t0, int nb, float *kx, const int NV)
     for (int j = 0; j < nb; j++) {
         const dl_fp16 *kd = k->kdense + (size_t)(t0 + j) * d;
         float *x = kx + (size_t)j * d;
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int c = 0; c < NV; c++)
             _mm512_store_ps(x + 16 * c, _mm512_cvtph_ps(
                                             _mm256_loadu_si256((const __m256i *)(kd + 16 * c))));
@@ -1090,7 +1081,7 @@ AI void addvals(const float *q, const int32_t *off, const float *val, int i0, in
     for (; i + 2 <= i1; i += 2) {
         __m512 b0 = _mm512_set1_ps(val[i]), b1 = _mm512_set1_ps(val[i + 1]);
         const float *q0 = q + off[i], *q1 = q + off[i + 1];
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int x = 0; x < NV; x++) {
             A[x] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(q0 + 16 * x), A[x]);
             B[x] = _mm512_fmadd_ps(b1, _mm512_loadu_ps(q1 + 16 * x), B[x]);
@@ -1099,7 +1090,7 @@ AI void addvals(const float *q, const int32_t *off, const float *val, int i0, in
     if (i < i1) {
         __m512 b0 = _mm512_set1_ps(val[i]);
         const float *q0 = q + off[i];
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int x = 0; x < NV; x++)
             A[x] = _mm512_fmadd_ps(b0, _mm512_loadu_ps(q0 + 16 * x), A[x]);
     }
@@ -1110,11 +1101,11 @@ AI void wsweep(const float *Qt, const int32_t *off, const float *val, int i0, in
                    float *R, int j0, const int NV)
 {
     __m512 A[4], B[4];
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++)
         A[x] = B[x] = _mm512_setzero_ps();
     addvals(Qt + 16 * j0, off, val, i0, i1, A, B, NV);
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++)
         _mm512_storeu_ps(R + 16 * (j0 + x), _mm512_add_ps(_mm512_loadu_ps(R + 16 * (j0 + x)),
                                                           _mm512_add_ps(A[x], B[x])));
@@ -1128,18 +1119,18 @@ AI void wrun(const float *Qt, const int32_t *off, const float *val, const int *k
              int j1, float *R, float *sb, int rs, const int NV)
 {
     __m512 A[8], B[8]; /* A + B is each key's score row and the running sum carried on */
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++) {
         A[x] = _mm512_loadu_ps(R + 16 * x);
         B[x] = _mm512_setzero_ps();
     }
     for (int j = j0; j < j1; j++) {
         addvals(Qt, off, val, kst[j], kst[j + 1], A, B, NV);
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int x = 0; x < NV; x++)
             _mm512_store_ps(sb + (size_t)j * rs + 16 * x, _mm512_add_ps(A[x], B[x]));
     }
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int x = 0; x < NV; x++)
         _mm512_storeu_ps(R + 16 * x, _mm512_add_ps(A[x], B[x]));
 }
@@ -1150,28 +1141,28 @@ AI void wpv4(float *acc, const float *corr, const float *p, int rs, const float 
                  int d, int nb, int c0, const int NVD)
 {
     __m512 a[4][4];
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int i = 0; i < 4; i++) {
         __m512 vc = _mm512_set1_ps(corr[i]);
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int c = 0; c < NVD; c++)
             a[i][c] = _mm512_mul_ps(_mm512_loadu_ps(acc + (size_t)i * d + c0 + 16 * c), vc);
     }
     for (int j = 0; j < nb; j++) {
         const float *vt = vf + (size_t)j * d + c0, *pj = p + (size_t)j * rs;
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int i = 0; i < 4; i++) {
             __m512 pr = _mm512_set1_ps(pj[i]);
             /* V straight from L1 in each FMA: with the chunks loaded into an array first,
              * clang 14 stored them to the stack and reloaded them per row */
-            DL__UNROLL_FULL
+            DL_UNROLL_FULL
             for (int c = 0; c < NVD; c++)
                 a[i][c] = _mm512_fmadd_ps(pr, _mm512_load_ps(vt + 16 * c), a[i][c]);
         }
     }
-    DL__UNROLL_FULL
+    DL_UNROLL_FULL
     for (int i = 0; i < 4; i++)
-        DL__UNROLL_FULL
+        DL_UNROLL_FULL
         for (int c = 0; c < NVD; c++)
             _mm512_storeu_ps(acc + (size_t)i * d + c0 + 16 * c, a[i][c]);
 }
