@@ -199,7 +199,7 @@ AI void rowdot_q(const dl__mm *m, int64_t r, int t0, const int NT, const int is_
     const int8_t *qa[4];
     const float *da[4];
     const int32_t *sa[4];
-    #pragma GCC unroll 8
+    DL_UNROLL_FULL
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm256_setzero_ps();
         qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
@@ -221,7 +221,7 @@ AI void rowdot_q(const dl__mm *m, int64_t r, int t0, const int NT, const int is_
                                   _mm256_set1_epi8(0x0F));
             dw = _cvtsh_ss(blk->d);
         }
-        #pragma GCC unroll 8
+        DL_UNROLL_FULL
         for (int t = 0; t < NT; t++) {
             __m256i a = _mm256_loadu_si256((const __m256i *)(qa[t] + b * 32));
             __m256i p;
@@ -235,7 +235,7 @@ AI void rowdot_q(const dl__mm *m, int64_t r, int t0, const int NT, const int is_
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(dw * da[t][b]), acc[t]);
         }
     }
-    #pragma GCC unroll 8
+    DL_UNROLL_FULL
     for (int t = 0; t < NT; t++)
         m->y[(size_t)(t0 + t) * m->w->rows + r] = hsum8(acc[t]);
 }
@@ -244,7 +244,7 @@ AI void rowdot_q(const dl__mm *m, int64_t r, int t0, const int NT, const int is_
 
 static void q4k_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8])
 {
-    #pragma GCC unroll 8
+    DL_UNROLL_FULL
     for (int j = 0; j < 8; j++) {
         if (j < 4) {
             sc[j] = q[j] & 63;
@@ -265,7 +265,7 @@ AI void rowdot_q4k(const dl__mm *m, int64_t r, int t0, const int NT)
     const int8_t *qa[4];
     const float *da[4];
     const int16_t *bs[4];
-    #pragma GCC unroll 8
+    DL_UNROLL_FULL
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm256_setzero_ps();
         mins[t] = 0;
@@ -279,7 +279,7 @@ AI void rowdot_q4k(const dl__mm *m, int64_t r, int t0, const int NT)
         q4k_scales(blk->scales, sc, mn);
         float d = _cvtsh_ss(blk->d), dmin = _cvtsh_ss(blk->dmin);
         __m256i wv[8], sv[8];
-        #pragma GCC unroll 8
+        DL_UNROLL_FULL
         for (int c = 0; c < 4; c++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * c));
             wv[2 * c] = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
@@ -287,11 +287,11 @@ AI void rowdot_q4k(const dl__mm *m, int64_t r, int t0, const int NT)
             sv[2 * c] = _mm256_set1_epi16(sc[2 * c]);
             sv[2 * c + 1] = _mm256_set1_epi16(sc[2 * c + 1]);
         }
-        #pragma GCC unroll 8
+        DL_UNROLL_FULL
         for (int t = 0; t < NT; t++) {
             const int8_t *a = qa[t] + b * 256;
             __m256i is = _mm256_setzero_si256();
-            #pragma GCC unroll 8
+            DL_UNROLL_FULL
             for (int j = 0; j < 8; j++) {
                 __m256i p = _mm256_maddubs_epi16(wv[j], _mm256_loadu_si256((const __m256i *)(a + 32 * j)));
                 is = _mm256_add_epi32(is, _mm256_madd_epi16(p, sv[j]));
@@ -299,13 +299,13 @@ AI void rowdot_q4k(const dl__mm *m, int64_t r, int t0, const int NT)
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_set1_ps(d * da[t][b]), acc[t]);
             const int16_t *bb = bs[t] + b * 16;
             int ms = 0;
-            #pragma GCC unroll 8
+            DL_UNROLL_FULL
             for (int j = 0; j < 8; j++)
                 ms += mn[j] * (bb[2 * j] + bb[2 * j + 1]);
             mins[t] += dmin * da[t][b] * (float)ms;
         }
     }
-    #pragma GCC unroll 8
+    DL_UNROLL_FULL
     for (int t = 0; t < NT; t++)
         m->y[(size_t)(t0 + t) * m->w->rows + r] = hsum8(acc[t]) - mins[t];
 }
@@ -319,7 +319,7 @@ AI void rowdot_q6k(const dl__mm *m, int64_t r, int t0, const int NT)
     const int8_t *qa[4];
     const float *da[4];
     const int16_t *bs[4];
-    #pragma GCC unroll 8
+    DL_UNROLL_FULL
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm256_setzero_ps();
         qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
@@ -331,7 +331,7 @@ AI void rowdot_q6k(const dl__mm *m, int64_t r, int t0, const int NT)
         float d = _cvtsh_ss(blk->d);
         __m256i wv[8], sv[8];
         __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
-        #pragma GCC unroll 8
+        DL_UNROLL_FULL
         for (int h = 0; h < 2; h++) {
             __m256i l0 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h));
             __m256i l1 = _mm256_loadu_si256((const __m256i *)(blk->ql + 64 * h + 32));
@@ -343,16 +343,16 @@ AI void rowdot_q6k(const dl__mm *m, int64_t r, int t0, const int NT)
                                             _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30));
         }
         /* chunk j (32 values) uses scales 2j (lanes 0..7) and 2j+1 (lanes 8..15) */
-        #pragma GCC unroll 8
+        DL_UNROLL_FULL
         for (int j = 0; j < 8; j++)
             sv[j] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16((short)blk->scales[2 * j])),
                                             _mm_set1_epi16((short)blk->scales[2 * j + 1]), 1);
-        #pragma GCC unroll 8
+        DL_UNROLL_FULL
         for (int t = 0; t < NT; t++) {
             const int8_t *a = qa[t] + b * 256;
             __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)(bs[t] + b * 16)));
             __m256i is = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5));
-            #pragma GCC unroll 8
+            DL_UNROLL_FULL
             for (int j = 0; j < 8; j++) {
                 __m256i p = _mm256_maddubs_epi16(wv[j], _mm256_loadu_si256((const __m256i *)(a + 32 * j)));
                 is = _mm256_add_epi32(is, _mm256_madd_epi16(p, sv[j]));
@@ -360,7 +360,7 @@ AI void rowdot_q6k(const dl__mm *m, int64_t r, int t0, const int NT)
             acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), _mm256_set1_ps(d * da[t][b]), acc[t]);
         }
     }
-    #pragma GCC unroll 8
+    DL_UNROLL_FULL
     for (int t = 0; t < NT; t++)
         m->y[(size_t)(t0 + t) * m->w->rows + r] = hsum8(acc[t]);
 }
@@ -393,21 +393,21 @@ AI void rowdot_f(const dl__mm *m, int64_t r, int nr, int t0, const int NT, uint3
     const void *w0 = (const uint8_t *)m->w->data + (size_t)r * m->w->row_bytes;
     const void *w1 = (const uint8_t *)w0 + (nr > 1 ? m->w->row_bytes : 0);
     __m256 acc[4][2];
-    #pragma GCC unroll 8
+    DL_UNROLL_FULL
     for (int t = 0; t < NT; t++)
         acc[t][0] = acc[t][1] = _mm256_setzero_ps();
     for (int64_t i = 0; i < n; i += 8) {
         int k = n - i < 8 ? (int)(n - i) : 8;
         __m256 a = loadw8(w0, i, k, type), c = loadw8(w1, i, k, type);
         __m256i mk = tmask8(k);
-        #pragma GCC unroll 8
+        DL_UNROLL_FULL
         for (int t = 0; t < NT; t++) {
             __m256 x = _mm256_maskload_ps(m->x + (size_t)(t0 + t) * n + i, mk);
             acc[t][0] = _mm256_fmadd_ps(a, x, acc[t][0]);
             acc[t][1] = _mm256_fmadd_ps(c, x, acc[t][1]);
         }
     }
-    #pragma GCC unroll 8
+    DL_UNROLL_FULL
     for (int t = 0; t < NT; t++) {
         float *y = m->y + (size_t)(t0 + t) * m->w->rows + r;
         y[0] = hsum8(acc[t][0]);

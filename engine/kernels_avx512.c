@@ -241,7 +241,7 @@ AI void rowdot_q40_q80(const dl__mm *m, int64_t r, int t0, const int NT, const i
     const int8_t *qa[8];
     const float *da[8];
     const int32_t *sa[8];
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm512_setzero_ps();
         qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
@@ -257,7 +257,7 @@ AI void rowdot_q40_q80(const dl__mm *m, int64_t r, int t0, const int NT, const i
         __m128 cacc[8];
         const __m512i i01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         const __m512i i23 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++)
             cacc[t] = _mm_setzero_ps();
         for (; b + 4 <= nb; b += 4) {
@@ -266,7 +266,7 @@ AI void rowdot_q40_q80(const dl__mm *m, int64_t r, int t0, const int NT, const i
             uint64_t d4 = (uint64_t)blk[0].d | (uint64_t)blk[1].d << 16 |
                           (uint64_t)blk[2].d << 32 | (uint64_t)blk[3].d << 48;
             __m128 dw4 = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)d4));
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int t = 0; t < NT; t++) {
                 __m128 s4 = _mm_mul_ps(dw4, _mm_loadu_ps(da[t] + b));
                 __m512 s4z = _mm512_castps128_ps512(s4);
@@ -279,7 +279,7 @@ AI void rowdot_q40_q80(const dl__mm *m, int64_t r, int t0, const int NT, const i
                 cacc[t] = _mm_fmadd_ps(s4, _mm_cvtepi32_ps(_mm_loadu_si128((const __m128i *)(sa[t] + b))), cacc[t]);
             }
         }
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++)
             acc[t] = _mm512_fnmadd_ps(_mm512_zextps128_ps512(cacc[t]), _mm512_set1_ps(8.0f), acc[t]);
     }
@@ -295,7 +295,7 @@ AI void rowdot_q40_q80(const dl__mm *m, int64_t r, int t0, const int NT, const i
             wv = load2_q4_0(blk);
             dw = dw2(blk[0].d, blk[1].d);
         }
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++) {
             __m512i dp = _mm512_dpbusd_epi32(corr2(sa[t] + b, shift), wv,
                                              _mm512_loadu_si512((const void *)(qa[t] + b * 32)));
@@ -317,7 +317,7 @@ AI void rowdot_q40_q80(const dl__mm *m, int64_t r, int t0, const int NT, const i
                                   _mm256_set1_epi8(0x0F));
             dw = _cvtsh_ss(blk->d);
         }
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++) {
             __m256i dp = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv,
                                              _mm256_loadu_si256((const __m256i *)(qa[t] + b * 32)));
@@ -328,7 +328,7 @@ AI void rowdot_q40_q80(const dl__mm *m, int64_t r, int t0, const int NT, const i
             tail[t] = dw * da[t][b] * (float)isum;
         }
     }
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++)
         m->y[(size_t)(t0 + t) * m->w->rows + r] = hsum(acc[t]) + tail[t];
 }
@@ -411,20 +411,20 @@ static void stripe_pack(stripe *s, const dl__mm *m, int64_t r0, int nrows, int64
         __m512i z[4], t[4];
         if (is_q8) {
             for (int h = 0; h < 2; h++) {
-                #pragma GCC unroll 4
+                DL_UNROLL(4)
                 for (int g = 0; g < 4; g++)
                     z[g] = lanes4(rp, g, off + 16 * (size_t)h);
                 transpose4(z, t);
-                #pragma GCC unroll 4
+                DL_UNROLL(4)
                 for (int k = 0; k < 4; k++)
                     s->w[b][4 * h + k] = _mm512_xor_si512(t[k], x80);
             }
         } else {
-            #pragma GCC unroll 4
+            DL_UNROLL(4)
             for (int g = 0; g < 4; g++)
                 z[g] = lanes4(rp, g, off);
             transpose4(z, t);
-            #pragma GCC unroll 4
+            DL_UNROLL(4)
             for (int k = 0; k < 4; k++) {
                 s->w[b][k] = _mm512_and_si512(t[k], m4);
                 s->w[b][k + 4] = _mm512_and_si512(_mm512_srli_epi16(t[k], 4), m4);
@@ -453,7 +453,7 @@ AI void stripe_tokens(const stripe *s, const dl__mm *m, int t0, const int NT, in
     const float *da[4];
     const int32_t *sa[4];
     float *y[4];
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++) {
         y[t] = m->y + (size_t)(t0 + t) * m->w->rows + r0;
         acc[t] = first ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(rm, y[t]);
@@ -464,25 +464,25 @@ AI void stripe_tokens(const stripe *s, const dl__mm *m, int t0, const int NT, in
     for (int b = 0; b < nbk; b++) {
         const int64_t gb = b0 + b;
         __m512i dp[4];
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++)
             dp[t] = _mm512_set1_epi32(-sa[t][gb] * (1 << shift));
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int k = 0; k < 8; k++) {
             __m512i wv = _mm512_load_si512(&s->w[b][k]);
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int t = 0; t < NT; t++) {
                 int32_t a4;
                 memcpy(&a4, qa[t] + gb * 32 + 4 * k, 4);
                 dp[t] = _mm512_dpbusd_epi32(dp[t], wv, _mm512_set1_epi32(a4));
             }
         }
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++)
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp[t]),
                                      _mm512_mul_ps(s->dw[b], _mm512_set1_ps(da[t][gb])), acc[t]);
     }
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++)
         _mm512_mask_storeu_ps(y[t], rm, acc[t]);
 }
@@ -544,7 +544,7 @@ AI void store_group(const dl__mm *m, int64_t r0, int nrows, int t0, const int NT
                     const __m512 *acc)
 {
     const __mmask16 rm = tail_mask(nrows);
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++)
         _mm512_mask_storeu_ps(m->y + (size_t)(t0 + t) * m->w->rows + r0, rm, acc[t]);
 }
@@ -564,7 +564,7 @@ AI void packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows, 
     const int8_t *qa[8];
     const float *da[8];
     const int32_t *sa[8];
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm512_setzero_ps();
         qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
@@ -577,7 +577,7 @@ AI void packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows, 
       const uint8_t *pp = grp + (size_t)(b2 / 2) * pair;
       if (t0 == 0)
           prefetch_ahead(pp, pair);
-      #pragma GCC unroll 2
+      DL_UNROLL(2)
       for (int j = 0; j < 2; j++) {
         if (b2 + j >= nb)
             break;
@@ -587,14 +587,14 @@ AI void packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows, 
         /* dp[c][t]: C independent chains per token, so that a few tokens are not bound by
          * the latency of 8 dependent vpdpbusd per block */
         __m512i dp[4][8];
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++) {
             dp[0][t] = _mm512_set1_epi32(-sa[t][b] * (1 << shift));
-            #pragma GCC unroll 4
+            DL_UNROLL(4)
             for (int c = 1; c < C; c++)
                 dp[c][t] = _mm512_setzero_si512();
         }
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int k = 0; k < 8; k++) {
             if (!is_q8 && k >= 4)
                 break;
@@ -603,7 +603,7 @@ AI void packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows, 
             if (!is_q8)
                 hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
             const int c0 = (is_q8 ? k : 2 * k) % C, c1 = (2 * k + 1) % C;
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int t = 0; t < NT; t++) {
                 int32_t a4;
                 memcpy(&a4, qa[t] + b * 32 + 4 * k, 4);
@@ -614,7 +614,7 @@ AI void packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows, 
                 }
             }
         }
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++) {
             __m512i sum = dp[0][t];
             if (C == 4)
@@ -656,7 +656,7 @@ static void matmul_q_packed(const dl__mm *m, int64_t r0, int64_t r1, int is_q8)
 
 static void q4k_scales(const uint8_t *q, uint8_t sc[8], uint8_t mn[8])
 {
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int j = 0; j < 8; j++) {
         if (j < 4) {
             sc[j] = q[j] & 63;
@@ -679,7 +679,7 @@ AI __m512i pair16(int lo, int hi)
 AI void actk_tile(const dl__mm *m, int t0, const int NT, __m512 *acc, const int8_t **qa,
                   const float **da, const int16_t **bs)
 {
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++) {
         acc[t] = _mm512_setzero_ps();
         qa[t] = (const int8_t *)(m->xq + (size_t)(t0 + t) * m->xq_stride);
@@ -698,7 +698,7 @@ AI void rowdot_q4k(const dl__mm *m, int64_t r, int t0, const int NT)
     const float *da[4];
     const int16_t *bs[4];
     actk_tile(m, t0, NT, acc, qa, da, bs);
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++)
         mins[t] = 0;
     for (int64_t b = 0; b < nb; b++) {
@@ -707,7 +707,7 @@ AI void rowdot_q4k(const dl__mm *m, int64_t r, int t0, const int NT)
         q4k_scales(blk->scales, sc, mn);
         float d = _cvtsh_ss(blk->d), dmin = _cvtsh_ss(blk->dmin);
         __m512i wv[4], sv[4];
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int c = 0; c < 4; c++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(blk->qs + 32 * c));
             __m256i lo = _mm256_and_si256(q, _mm256_set1_epi8(0x0F));
@@ -715,11 +715,11 @@ AI void rowdot_q4k(const dl__mm *m, int64_t r, int t0, const int NT)
             wv[c] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
             sv[c] = pair16(sc[2 * c], sc[2 * c + 1]);
         }
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++) {
             const int8_t *a = qa[t] + b * 256;
             __m512i is = _mm512_setzero_si512();
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int c = 0; c < 4; c++) {
                 __m512i p = _mm512_maddubs_epi16(wv[c], _mm512_loadu_si512((const void *)(a + 64 * c)));
                 is = _mm512_add_epi32(is, _mm512_madd_epi16(p, sv[c]));
@@ -727,13 +727,13 @@ AI void rowdot_q4k(const dl__mm *m, int64_t r, int t0, const int NT)
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(d * da[t][b]), acc[t]);
             const int16_t *bb = bs[t] + b * 16;
             int ms = 0;
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int j = 0; j < 8; j++)
                 ms += mn[j] * (bb[2 * j] + bb[2 * j + 1]);
             mins[t] += dmin * da[t][b] * (float)ms;
         }
     }
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++)
         m->y[(size_t)(t0 + t) * m->w->rows + r] = hsum(acc[t]) - mins[t];
 }
@@ -757,7 +757,7 @@ AI void rowdot_q6k(const dl__mm *m, int64_t r, int t0, const int NT)
         /* 16 scales as int16; each 64-value chunk c uses scales 4c..4c+3, 8 lanes each */
         __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->scales));
         __m512i sc512 = _mm512_castsi256_si512(sc16);
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int h = 0; h < 2; h++) {
             __m512i l = _mm512_loadu_si512((const void *)(blk->ql + 64 * h));
             __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk->qh + 32 * h)));
@@ -765,7 +765,7 @@ AI void rowdot_q6k(const dl__mm *m, int64_t r, int t0, const int NT)
             wv[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
                                             _mm512_and_si512(_mm512_srlv_epi16(hb, cnt_b), m30));
         }
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int c = 0; c < 4; c++) {
             __m512i idx = _mm512_inserti64x4(
                 _mm512_inserti64x4(_mm512_setzero_si512(),
@@ -775,14 +775,14 @@ AI void rowdot_q6k(const dl__mm *m, int64_t r, int t0, const int NT)
                                         _mm_set1_epi16((short)(4 * c + 3)), 1), 1);
             sv[c] = _mm512_permutexvar_epi16(idx, sc512);
         }
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++) {
             const int8_t *a = qa[t] + b * 256;
             /* sum (q - 32) * a * sc = sum q*a*sc - 32 * sum sc * bsum */
             __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)(bs[t] + b * 16)));
             __m512i is = _mm512_castsi256_si512(_mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5)));
             is = _mm512_inserti64x4(is, _mm256_setzero_si256(), 1);
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int c = 0; c < 4; c++) {
                 __m512i p = _mm512_maddubs_epi16(wv[c], _mm512_loadu_si512((const void *)(a + 64 * c)));
                 is = _mm512_add_epi32(is, _mm512_madd_epi16(p, sv[c]));
@@ -790,7 +790,7 @@ AI void rowdot_q6k(const dl__mm *m, int64_t r, int t0, const int NT)
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), _mm512_set1_ps(d * da[t][b]), acc[t]);
         }
     }
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++)
         m->y[(size_t)(t0 + t) * m->w->rows + r] = hsum(acc[t]);
 }
@@ -855,18 +855,18 @@ AI void kpacked_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows,
             prefetch_ahead(blk, DL__KP_BLOCK);
         const __m512 dv = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)blk));
         const __m512 mv = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(blk + 32)));
-        #pragma GCC unroll 1
+        DL_UNROLL(1)
         for (int c = 0; c < 4; c++) { /* chunk c: sub-blocks 2c (low nibbles), 2c + 1 (high) */
             const uint8_t *q = blk + 320 + c * 512;
             __m512i lo[KP_TILE], hi[KP_TILE];
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int t = 0; t < NT; t++)
                 lo[t] = hi[t] = _mm512_setzero_si512();
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int k = 0; k < 8; k++) {
                 __m512i v = _mm512_load_si512((const void *)(q + 64 * k));
                 __m512i vl = _mm512_and_si512(v, m4), vh = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-                #pragma GCC unroll 8
+                DL_UNROLL(8)
                 for (int t = 0; t < NT; t++) {
                     int32_t a4;
                     memcpy(&a4, qa[t] + b * 256 + 64 * c + 4 * k, 4);
@@ -878,7 +878,7 @@ AI void kpacked_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows,
             /* d * sc_j per row for sub-blocks 2c and 2c + 1 */
             const __m512 sl = _mm512_mul_ps(u8x16_ps(blk + 64 + 32 * c), dv);
             const __m512 sh = _mm512_mul_ps(u8x16_ps(blk + 80 + 32 * c), dv);
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int t = 0; t < NT; t++) {
                 __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo[t]), sl,
                                            _mm512_mul_ps(_mm512_cvtepi32_ps(hi[t]), sh));
@@ -886,21 +886,21 @@ AI void kpacked_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows,
             }
         }
         __m512i ms[KP_TILE];
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++)
             ms[t] = _mm512_setzero_si512();
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int j = 0; j < 8; j++) {
             __m512i mj = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(blk + 192 + 16 * j)));
             mj = _mm512_or_si512(mj, _mm512_slli_epi32(mj, 16));
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int t = 0; t < NT; t++) {
                 int32_t s2;
                 memcpy(&s2, bs[t] + b * 16 + 2 * j, 4);
                 ms[t] = _mm512_dpwssd_epi32(ms[t], mj, _mm512_set1_epi32(s2));
             }
         }
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++)
             acc[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(ms[t]), _mm512_mul_ps(mv, _mm512_set1_ps(da[t][b])),
                                       acc[t]);
@@ -940,17 +940,17 @@ AI void k6packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows
         /* FX sums per token (one per run x when few tokens: short FMA chains) */
         const int FX = NT <= 2 ? 4 : 1;
         __m512 f[4][K6_TILE];
-        #pragma GCC unroll 4
+        DL_UNROLL(4)
         for (int t = 0; t < NT; t++)
             f[0][t] = f[1][t] = f[2][t] = f[3][t] = _mm512_setzero_ps();
-        #pragma GCC unroll 4
+        DL_UNROLL(4)
         for (int hm = 0; hm < 4; hm++) { /* h = hm / 2; triples m = 4 (hm % 2) .. + 3 */
             const int h = hm / 2, mh = hm % 2;
             __m512i dp[4][K6_TILE];
-            #pragma GCC unroll 4
+            DL_UNROLL(4)
             for (int t = 0; t < NT; t++)
                 dp[0][t] = dp[1][t] = dp[2][t] = dp[3][t] = _mm512_setzero_si512();
-            #pragma GCC unroll 4
+            DL_UNROLL(4)
             for (int mm = 0; mm < 4; mm++) {
                 const int mi = 4 * mh + mm;
                 const uint8_t *tr = blk + 320 + (size_t)(8 * h + mi) * 192;
@@ -963,10 +963,10 @@ AI void k6packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows
                 q[2] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(A, 4), m0f), _mm512_and_si512(H, m30));
                 q[3] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(B, 4), m0f),
                                        _mm512_and_si512(_mm512_srli_epi16(H, 2), m30));
-                #pragma GCC unroll 4
+                DL_UNROLL(4)
                 for (int t = 0; t < NT; t++) {
                     const int8_t *a = qa[t] + b * 256 + 128 * h + 4 * mi;
-                    #pragma GCC unroll 4
+                    DL_UNROLL(4)
                     for (int x = 0; x < 4; x++) {
                         int32_t a4;
                         memcpy(&a4, a + 32 * x, 4);
@@ -975,26 +975,26 @@ AI void k6packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows
                 }
             }
             /* run x of triple m lies in sub-block 8h + 2x + mh */
-            #pragma GCC unroll 4
+            DL_UNROLL(4)
             for (int x = 0; x < 4; x++) {
                 const __m512 sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
                     _mm_load_si128((const __m128i *)(blk + 64 + 16 * (8 * h + 2 * x + mh)))));
-                #pragma GCC unroll 4
+                DL_UNROLL(4)
                 for (int t = 0; t < NT; t++)
                     f[x % FX][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp[x][t]), sc, f[x % FX][t]);
             }
         }
         __m512i cs[K6_TILE];
-        #pragma GCC unroll 4
+        DL_UNROLL(4)
         for (int t = 0; t < NT; t++)
             cs[t] = _mm512_setzero_si512();
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int p = 0; p < 8; p++) {
             __m512i s0 = _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(blk + 64 + 32 * p)));
             __m512i s1 = _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(blk + 80 + 32 * p)));
             __m512i pr = _mm512_or_si512(_mm512_and_si512(s0, _mm512_set1_epi32(0xFFFF)),
                                          _mm512_slli_epi32(s1, 16));
-            #pragma GCC unroll 4
+            DL_UNROLL(4)
             for (int t = 0; t < NT; t++) {
                 int32_t s2;
                 memcpy(&s2, bs[t] + b * 16 + 2 * p, 4);
@@ -1002,7 +1002,7 @@ AI void k6packed_tile(const dl__mm *m, const uint8_t *grp, int64_t r0, int nrows
             }
         }
         const __m512 dv = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)blk));
-        #pragma GCC unroll 4
+        DL_UNROLL(4)
         for (int t = 0; t < NT; t++) {
             __m512 x = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(cs[t]), _mm512_set1_ps(32.0f),
                                         _mm512_add_ps(_mm512_add_ps(f[0][t], f[1][t]), _mm512_add_ps(f[2][t], f[3][t])));
@@ -1053,20 +1053,20 @@ AI void rowdot_f(const dl__mm *m, int64_t r, int nr, int t0, const int NT, uint3
     const void *w0 = (const uint8_t *)m->w->data + (size_t)r * m->w->row_bytes;
     const void *w1 = (const uint8_t *)w0 + (nr > 1 ? m->w->row_bytes : 0);
     __m512 acc[4][2];
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++)
         acc[t][0] = acc[t][1] = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 mk = tail_mask((int)(n - i < 16 ? n - i : 16));
         __m512 a = loadw(w0, i, mk, type), c = loadw(w1, i, mk, type);
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++) {
             __m512 x = _mm512_maskz_loadu_ps(mk, m->x + (size_t)(t0 + t) * n + i);
             acc[t][0] = _mm512_fmadd_ps(a, x, acc[t][0]);
             acc[t][1] = _mm512_fmadd_ps(c, x, acc[t][1]);
         }
     }
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++) {
         float *y = m->y + (size_t)(t0 + t) * m->w->rows + r;
         y[0] = hsum(acc[t][0]);
@@ -1118,28 +1118,28 @@ AI void rowdot_h(const dl__mm *m, int64_t r, const int NR, int t0, const int NT,
     const uint16_t *w[8];
     const float *x[4];
     __m512 acc[4][8];
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int i = 0; i < NR; i++)
         w[i] = (const uint16_t *)((const uint8_t *)m->w->data + (size_t)(r + i) * m->w->row_bytes);
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++) {
         x[t] = m->x + (size_t)(t0 + t) * n;
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int i = 0; i < NR; i++)
             acc[t][i] = _mm512_setzero_ps();
     }
     int64_t c = 0;
     for (; c + 16 <= n; c += 16) {
         __m512 wv[8];
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int i = 0; i < NR; i++) {
             _mm_prefetch((const char *)(w[i] + c) + 512, _MM_HINT_T0);
             wv[i] = cvth(_mm256_loadu_si256((const __m256i *)(w[i] + c)), type);
         }
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++) {
             __m512 xv = _mm512_loadu_ps(x[t] + c);
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int i = 0; i < NR; i++)
                 acc[t][i] = _mm512_fmadd_ps(wv[i], xv, acc[t][i]);
         }
@@ -1147,21 +1147,21 @@ AI void rowdot_h(const dl__mm *m, int64_t r, const int NR, int t0, const int NT,
     if (c < n) {
         __mmask16 mk = tail_mask((int)(n - c));
         __m512 wv[8];
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int i = 0; i < NR; i++)
             wv[i] = cvth(_mm256_maskz_loadu_epi16(mk, w[i] + c), type);
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++) {
             __m512 xv = _mm512_maskz_loadu_ps(mk, x[t] + c);
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int i = 0; i < NR; i++)
                 acc[t][i] = _mm512_fmadd_ps(wv[i], xv, acc[t][i]);
         }
     }
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++) {
         float *y = m->y + (size_t)(t0 + t) * m->w->rows + r;
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int i = 0; i < NR; i++)
             y[i] = hsum(acc[t][i]);
     }
@@ -1231,10 +1231,10 @@ AI void ph_tile(const dl__mm *m, const uint16_t *g, int64_t r0, int nrows, int t
     const int64_t n = m->w->cols;
     const float *x[8];
     __m512 acc[8]; /* token t, chain j at t * CH + j (NT * CH <= 8) */
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++) {
         x[t] = m->x + (size_t)(t0 + t) * n;
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int j = 0; j < CH; j++)
             acc[t * CH + j] = _mm512_setzero_ps();
     }
@@ -1242,30 +1242,30 @@ AI void ph_tile(const dl__mm *m, const uint16_t *g, int64_t r0, int nrows, int t
     for (; c + 8 <= n; c += 8) {
         const uint16_t *p = g + (size_t)c * 16; /* 8 columns: 256 bytes, 4 lines */
         if (t0 == 0) { /* later token tiles find the group in cache */
-            #pragma GCC unroll 4
+            DL_UNROLL(4)
             for (int k = 0; k < 4; k++)
                 _mm_prefetch((const char *)p + PH_PF(NT) + 64 * k, _MM_HINT_T0);
         }
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int k = 0; k < 8; k++) {
             __m512 wv = cvtcol(p + 16 * k, type);
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int t = 0; t < NT; t++)
                 acc[t * CH + k % CH] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[t][c + k]), acc[t * CH + k % CH]);
         }
     }
     for (; c < n; c++) {
         __m512 wv = cvtcol(g + (size_t)c * 16, type);
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int t = 0; t < NT; t++)
             acc[t * CH] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[t][c]), acc[t * CH]);
     }
     const __mmask16 rm = tail_mask(nrows);
-    #pragma GCC unroll 8
+    DL_UNROLL(8)
     for (int t = 0; t < NT; t++) {
-        #pragma GCC unroll 8
+        DL_UNROLL(8)
         for (int j = 1; j < CH; j *= 2) /* pairwise: (0+1)+(2+3) ... */
-            #pragma GCC unroll 8
+            DL_UNROLL(8)
             for (int i = 0; i + j < CH; i += 2 * j)
                 acc[t * CH + i] = _mm512_add_ps(acc[t * CH + i], acc[t * CH + i + j]);
         _mm512_mask_storeu_ps(m->y + (size_t)(t0 + t) * m->w->rows + r0, rm, acc[t * CH]);

@@ -11,10 +11,13 @@
  * accumulator array lives in registers. clang 14 left some such loops rolled under
  * "GCC unroll", with the array on the stack (a store per multiply-add). */
 #ifndef DL_UNROLL_FULL
+#define DL__PRAGMA(x) _Pragma(#x)
 #if defined(__clang__)
 #define DL_UNROLL_FULL _Pragma("clang loop unroll(full)")
+#define DL_UNROLL(n) _Pragma("clang loop unroll(full)")
 #else
 #define DL_UNROLL_FULL _Pragma("GCC unroll 16")
+#define DL_UNROLL(n) DL__PRAGMA(GCC unroll n) /* gcc: as written; clang: full */
 #endif
 #endif
 
