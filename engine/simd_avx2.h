@@ -7,19 +7,7 @@
 
 #define AI static inline __attribute__((always_inline))
 
-/* Full unrolling of a loop over a compile-time count (vectors, rows), so that its
- * accumulator array lives in registers. clang 14 left some such loops rolled under
- * "GCC unroll", with the array on the stack (a store per multiply-add). */
-#ifndef DL_UNROLL_FULL
-#define DL__PRAGMA(x) _Pragma(#x)
-#if defined(__clang__)
-#define DL_UNROLL_FULL _Pragma("clang loop unroll(full)")
-#define DL_UNROLL(n) _Pragma("clang loop unroll(full)")
-#else
-#define DL_UNROLL_FULL _Pragma("GCC unroll 16")
-#define DL_UNROLL(n) DL__PRAGMA(GCC unroll n) /* gcc: as written; clang: full */
-#endif
-#endif
+#include "simd_unroll.h"
 
 /* Sum of the 8 lanes. */
 AI float hsum8(__m256 v)
