@@ -480,7 +480,8 @@ static void attend_group_avx2(const dl__dunit *u, int dense)
             for (int l = 0; l < DL__DBLK * d * 2; l += 64) /* V of these keys, for P.V */
                 _mm_prefetch(vr + l, _MM_HINT_T1);
             int full = b < k->nfull;
-            if (b + 2 < k->nfull) { /* the stream two blocks ahead: widen_block waited on it */
+            if (b + 2 < k->nfull) { /* the stream two blocks ahead: widen_block waited on it
+                                     * (inline on purpose: see delta_avx512.c) */
                 const char *ea = (const char *)(h->emask + (size_t)(b + 2) * d);
                 const char *va = (const char *)(h->val + (size_t)h->blk[b + 2] * h->vb);
                 const char *vz = (const char *)(h->val + (size_t)h->blk[b + 3] * h->vb);

@@ -982,7 +982,9 @@ static void attend_group_avx512(const dl__dunit *u, int dense)
                     _mm_prefetch(vb + l, _MM_HINT_T1);
             }
             if (b + 3 < k->nfull) { /* the stream three blocks ahead: at 4096 keys (K + V
-                                     * past L2) the score phase waited on it, 1.6x longer */
+                                     * past L2) the score phase waited on it, 1.6x longer.
+                                     * Written out here, as in delta_avx2.c: moved into a
+                                     * shared inline helper, gcc 12 dropped these loops */
                 const char *ea = (const char *)(h->emask + (size_t)(b + 3) * d);
                 const char *va = (const char *)(h->val + (size_t)h->blk[b + 3] * h->vb);
                 const char *vz = (const char *)(h->val + (size_t)h->blk[b + 4] * h->vb);
